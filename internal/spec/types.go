@@ -1,0 +1,102 @@
+// Package spec is the stack file, emu.yaml: its types, loading, defaults and
+// validation.
+package spec
+
+// Stack is a loaded, defaulted stack file.
+type Stack struct {
+	Name     string             `yaml:"name" json:"name"`
+	Base     Base               `yaml:"base" json:"base"`
+	VM       VM                 `yaml:"vm" json:"vm"`
+	Files    []File             `yaml:"files" json:"files,omitempty"`
+	Services map[string]Service `yaml:"services" json:"services,omitempty"`
+	Bake     []Step             `yaml:"bake" json:"bake,omitempty"`
+	Slim     Slim               `yaml:"slim" json:"slim"`
+
+	// Path is the stack file's absolute path; Dir its directory, against
+	// which relative file sources resolve. Set by Load.
+	Path string `yaml:"-" json:"-"`
+	Dir  string `yaml:"-" json:"-"`
+}
+
+// Base is the guest's Debian root filesystem.
+type Base struct {
+	// Suite is the Debian release (default "trixie").
+	Suite string `yaml:"suite" json:"suite"`
+	// Packages are installed on top of a minimal system with systemd.
+	Packages []string `yaml:"packages" json:"packages,omitempty"`
+	// Kernel is the kernel package (default "linux-image-cloud-amd64").
+	Kernel string `yaml:"kernel" json:"kernel,omitempty"`
+	// Arch is the guest architecture (default "amd64").
+	Arch string `yaml:"arch" json:"arch,omitempty"`
+}
+
+// VM sizes the virtual machine.
+type VM struct {
+	CPUs   int  `yaml:"cpus" json:"cpus"`
+	Memory Size `yaml:"memory" json:"memory"`
+	Disk   Size `yaml:"disk" json:"disk"`
+}
+
+// File copies a host file into the guest.
+type File struct {
+	// Src is the host path, relative to the stack file's directory.
+	Src string `yaml:"src" json:"src"`
+	// Dst is the absolute guest path.
+	Dst string `yaml:"dst" json:"dst"`
+	// Mode is the guest file mode (default: the source's mode).
+	Mode FileMode `yaml:"mode" json:"mode,omitempty"`
+}
+
+// Service is a long-running process in the guest: either a systemd unit the
+// base already has (Unit) or a command emu wraps in a unit (Run).
+type Service struct {
+	Unit   string            `yaml:"unit" json:"unit,omitempty"`
+	Run    []string          `yaml:"run" json:"run,omitempty"`
+	Env    map[string]string `yaml:"env" json:"env,omitempty"`
+	User   string            `yaml:"user" json:"user,omitempty"`
+	After  []string          `yaml:"after" json:"after,omitempty"`
+	Ports  []Port            `yaml:"ports" json:"ports,omitempty"`
+	Health Health            `yaml:"health" json:"health"`
+}
+
+// Port forwards a guest TCP port to 127.0.0.1:Host.
+type Port struct {
+	Name  string `yaml:"name" json:"name,omitempty"`
+	Guest int    `yaml:"guest" json:"guest"`
+	Host  int    `yaml:"host" json:"host"`
+}
+
+// Health is how the agent decides a service is up. Exactly one of TCP, HTTP
+// and Exec is set.
+type Health struct {
+	TCP  int         `yaml:"tcp" json:"tcp,omitempty"`
+	HTTP *HTTPHealth `yaml:"http" json:"http,omitempty"`
+	Exec []string    `yaml:"exec" json:"exec,omitempty"`
+	// Timeout bounds the wait for the first success (default 2m).
+	Timeout Duration `yaml:"timeout" json:"timeout,omitempty"`
+}
+
+// HTTPHealth passes when GET http://127.0.0.1:Port/Path answers Status
+// (default 200).
+type HTTPHealth struct {
+	Port   int    `yaml:"port" json:"port"`
+	Path   string `yaml:"path" json:"path"`
+	Status int    `yaml:"status" json:"status,omitempty"`
+}
+
+// Step is a bake step: run once, at build time, in order, inside the VM, with
+// every service started and healthy.
+type Step struct {
+	Name string   `yaml:"name" json:"name"`
+	Run  []string `yaml:"run" json:"run"`
+	// Env is given to the step only; it never reaches the image.
+	Env     map[string]string `yaml:"env" json:"env,omitempty"`
+	User    string            `yaml:"user" json:"user,omitempty"`
+	Dir     string            `yaml:"dir" json:"dir,omitempty"`
+	Timeout Duration          `yaml:"timeout" json:"timeout,omitempty"`
+}
+
+// Slim lists what to remove from the guest after the bake.
+type Slim struct {
+	Remove []string `yaml:"remove" json:"remove,omitempty"`
+}
