@@ -1,0 +1,22 @@
+// Command demo-api is the demo stack's HTTP API: it serves items stored in
+// PostgreSQL, checks Valkey, and migrates and seeds its own database.
+package main
+
+import (
+	"context"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/emu-dev/emu/examples/demo/internal/app"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	code := app.Main(ctx, version, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}

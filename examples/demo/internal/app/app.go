@@ -1,0 +1,231 @@
+// Package app is the demo-api command line: serve, migrate, seed, version.
+package app
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"runtime"
+	"time"
+
+	"github.com/emu-dev/emu/examples/demo/internal/api"
+	"github.com/emu-dev/emu/examples/demo/internal/store"
+	"github.com/emu-dev/emu/examples/demo/internal/valkey"
+)
+
+// Defaults for the environment variables.
+const (
+	DefaultDatabaseURL = "postgres://demo:demo@127.0.0.1:5432/demo?sslmode=disable"
+	DefaultValkeyAddr  = "127.0.0.1:6379"
+	DefaultAddr        = ":8080"
+)
+
+const usage = `usage: demo-api <command> [flags]
+
+commands:
+  serve [--addr ADDR]   serve the HTTP API (GET /health, GET /items, POST /items)
+  migrate [--wait D]    apply the embedded SQL migrations not yet applied
+  seed [--wait D]       insert the seed items that are not yet present
+  version               print the version (also: --version)
+
+environment:
+  DATABASE_URL   PostgreSQL URL (default ` + DefaultDatabaseURL + `)
+  VALKEY_ADDR    Valkey host:port (default ` + DefaultValkeyAddr + `)
+  ADDR           listen address for serve (default ` + DefaultAddr + `)
+`
+
+// Exit codes.
+const (
+	exitOK    = 0
+	exitError = 1
+	exitUsage = 2
+)
+
+// errUsage marks an error whose message is followed by the usage text.
+var errUsage = errors.New("usage")
+
+// Config is the environment the commands read.
+type Config struct {
+	DatabaseURL string
+	ValkeyAddr  string
+	Addr        string
+}
+
+// ConfigFromEnv reads the configuration through getenv, applying defaults.
+func ConfigFromEnv(getenv func(string) string) Config {
+	or := func(key, def string) string {
+		if v := getenv(key); v != "" {
+			return v
+		}
+		return def
+	}
+	return Config{
+		DatabaseURL: or("DATABASE_URL", DefaultDatabaseURL),
+		ValkeyAddr:  or("VALKEY_ADDR", DefaultValkeyAddr),
+		Addr:        or("ADDR", DefaultAddr),
+	}
+}
+
+// Main runs the command in args and returns the process exit code.
+func Main(ctx context.Context, version string, args []string, stdout, stderr io.Writer) int {
+	err := run(ctx, version, ConfigFromEnv(os.Getenv), args, stdout, stderr)
+	switch {
+	case err == nil:
+		return exitOK
+	case errors.Is(err, flag.ErrHelp):
+		fmt.Fprint(stdout, usage)
+		return exitOK
+	case errors.Is(err, errUsage):
+		fmt.Fprintf(stderr, "demo-api: %v\n\n%s", err, usage)
+		return exitUsage
+	default:
+		fmt.Fprintf(stderr, "demo-api: %v\n", err)
+		return exitError
+	}
+}
+
+func run(ctx context.Context, version string, cfg Config, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		return fmt.Errorf("no command given: %w", errUsage)
+	}
+	cmd, rest := args[0], args[1:]
+	switch cmd {
+	case "version", "--version", "-version", "-v":
+		fmt.Fprintf(stdout, "demo-api %s (%s)\n", version, runtime.Version())
+		return nil
+	case "help", "-h", "-help", "--help":
+		return flag.ErrHelp
+	case "serve":
+		fs := newFlagSet(cmd)
+		fs.StringVar(&cfg.Addr, "addr", cfg.Addr, "listen address (env ADDR)")
+		if err := parse(fs, rest); err != nil {
+			return err
+		}
+		return serve(ctx, cfg, stderr)
+	case "migrate", "seed":
+		fs := newFlagSet(cmd)
+		wait := fs.Duration("wait", 30*time.Second, "how long to wait for PostgreSQL to answer")
+		if err := parse(fs, rest); err != nil {
+			return err
+		}
+		if cmd == "migrate" {
+			return migrate(ctx, cfg, *wait, stdout)
+		}
+		return seed(ctx, cfg, *wait, stdout)
+	default:
+		return fmt.Errorf("unknown command %q: %w", cmd, errUsage)
+	}
+}
+
+func newFlagSet(name string) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(io.Discard) // Main prints errors and usage itself
+	return fs
+}
+
+func parse(fs *flag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return fmt.Errorf("%s: %v: %w", fs.Name(), err, errUsage)
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("%s: unexpected argument %q: %w", fs.Name(), fs.Arg(0), errUsage)
+	}
+	return nil
+}
+
+func serve(ctx context.Context, cfg Config, stderr io.Writer) error {
+	log := slog.New(slog.NewTextHandler(stderr, nil))
+	st, err := store.Open(cfg.DatabaseURL)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+
+	srv := &http.Server{
+		Handler:           api.New(st, valkey.Pinger{Addr: cfg.ValkeyAddr}, log),
+		ReadHeaderTimeout: 10 * time.Second,
+	}
+	ln, err := net.Listen("tcp", cfg.Addr)
+	if err != nil {
+		return fmt.Errorf("listening: %w", err)
+	}
+	log.Info("listening", "addr", ln.Addr().String(), "valkey", cfg.ValkeyAddr)
+
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return fmt.Errorf("serving: %w", err)
+	case <-ctx.Done():
+	}
+	log.Info("shutting down")
+	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		return fmt.Errorf("shutting down: %w", err)
+	}
+	return nil
+}
+
+func openReady(ctx context.Context, cfg Config, wait time.Duration) (*store.Store, error) {
+	st, err := store.Open(cfg.DatabaseURL)
+	if err != nil {
+		return nil, err
+	}
+	if err := st.WaitReady(ctx, wait); err != nil {
+		st.Close()
+		return nil, err
+	}
+	return st, nil
+}
+
+func migrate(ctx context.Context, cfg Config, wait time.Duration, stdout io.Writer) error {
+	ms, err := store.Migrations()
+	if err != nil {
+		return err
+	}
+	st, err := openReady(ctx, cfg, wait)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	n, err := st.Migrate(ctx, ms, func(m store.Migration) {
+		fmt.Fprintf(stdout, "applied %s\n", m.Name)
+	})
+	if err != nil {
+		return err
+	}
+	v, err := st.SchemaVersion(ctx)
+	if err != nil {
+		return err
+	}
+	if n == 0 {
+		fmt.Fprintf(stdout, "no migrations to apply: schema is at version %d\n", v)
+		return nil
+	}
+	fmt.Fprintf(stdout, "applied %d migration(s): schema is at version %d\n", n, v)
+	return nil
+}
+
+func seed(ctx context.Context, cfg Config, wait time.Duration, stdout io.Writer) error {
+	st, err := openReady(ctx, cfg, wait)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	n, err := st.Seed(ctx, store.SeedNames)
+	if err != nil {
+		return fmt.Errorf("%w (has migrate run?)", err)
+	}
+	fmt.Fprintf(stdout, "seeded %d new item(s); %d already present\n", n, len(store.SeedNames)-n)
+	return nil
+}
