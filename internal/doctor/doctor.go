@@ -1,0 +1,261 @@
+// Package doctor checks that this host can build and run emu images, and says
+// how to fix what is missing.
+package doctor
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+
+	"github.com/emu-dev/emu/internal/accel"
+	"github.com/emu-dev/emu/internal/qemu"
+)
+
+// Check is one line of the report.
+type Check struct {
+	Name   string
+	OK     bool
+	Warn   bool // OK, but worth a look (low disk space, tcg fallback)
+	Detail string
+	// Fix is the command that repairs it, e.g.
+	// "apt-get install -y --no-install-recommends qemu-system-x86".
+	Fix string
+	// pkg is the package Fix installs; Write merges them into one command.
+	pkg string
+}
+
+// Report is the outcome of Run.
+type Report struct {
+	Checks []Check
+	Accel  accel.Choice
+	GOOS   string
+}
+
+// Options says what to check and injects the host.
+type Options struct {
+	Dir       string // where images go: its free space is checked; "" skips
+	NeedBuild bool   // also check the build tools (mmdebstrap, mkfs.ext4)
+	GuestArch string // "" means runtime.GOARCH
+	Accel     string // --accel override, passed to Choose
+
+	GOOS      string                          // "" means runtime.GOOS
+	LookPath  func(string) (string, error)    // nil means exec.LookPath
+	FreeSpace func(dir string) (int64, error) // nil means statfs
+	Choose    func(ctx context.Context, guestArch, override string) (accel.Choice, error)
+}
+
+// Disk space thresholds for Dir.
+const (
+	WarnBelow = 10 << 30
+	FailBelow = 3 << 30
+)
+
+// tool is a program emu runs and where it comes from.
+type tool struct {
+	name, debPkg, brewPkg, why string
+	build                      bool
+}
+
+// Run performs every check. It never fails: problems are Checks.
+func Run(ctx context.Context, opts Options) Report {
+	if opts.GOOS == "" {
+		opts.GOOS = runtime.GOOS
+	}
+	if opts.GuestArch == "" {
+		opts.GuestArch = runtime.GOARCH
+	}
+	if opts.LookPath == nil {
+		opts.LookPath = exec.LookPath
+	}
+	if opts.FreeSpace == nil {
+		opts.FreeSpace = freeSpace
+	}
+	if opts.Choose == nil {
+		opts.Choose = accel.Choose
+	}
+	r := Report{GOOS: opts.GOOS}
+
+	qemuBin, err := qemu.Binary(opts.GuestArch)
+	if err != nil {
+		r.Checks = append(r.Checks, Check{Name: "guest arch", Detail: err.Error()})
+		return r
+	}
+	qemuDeb := "qemu-system-x86"
+	if opts.GuestArch == "arm64" {
+		qemuDeb = "qemu-system-arm"
+	}
+	tools := []tool{
+		{name: qemuBin, debPkg: qemuDeb, brewPkg: "qemu", why: "runs guests"},
+		{name: "qemu-img", debPkg: "qemu-utils", brewPkg: "qemu", why: "creates and converts disks"},
+		{name: "zstd", debPkg: "zstd", brewPkg: "zstd", why: "compresses bundles"},
+		{name: "tar", debPkg: "tar", brewPkg: "gnu-tar", why: "packs bundles"},
+		{name: "mmdebstrap", debPkg: "mmdebstrap", why: "builds Debian root trees", build: true},
+		{name: "mkfs.ext4", debPkg: "e2fsprogs", brewPkg: "e2fsprogs", why: "makes the root filesystem", build: true},
+	}
+	for _, t := range tools {
+		if t.build && !opts.NeedBuild {
+			continue
+		}
+		r.Checks = append(r.Checks, lookTool(opts, t))
+	}
+
+	if opts.Dir != "" {
+		r.Checks = append(r.Checks, diskCheck(opts))
+	}
+
+	c := Check{Name: "accelerator"}
+	choice, err := opts.Choose(ctx, opts.GuestArch, opts.Accel)
+	if err != nil {
+		c.Detail = err.Error()
+	} else {
+		r.Accel = choice
+		c.OK = true
+		c.Warn = choice.Accel == qemu.TCG
+		c.Detail = choice.Reason
+		if c.Warn {
+			c.Detail += fmt.Sprintf(" (guests run slower; timeouts x%g)", choice.TimeoutScale)
+		}
+	}
+	r.Checks = append(r.Checks, c)
+	return r
+}
+
+func lookTool(opts Options, t tool) Check {
+	c := Check{Name: t.name}
+	if p, err := opts.LookPath(t.name); err == nil {
+		c.OK, c.Detail = true, p
+		return c
+	}
+	c.Detail = "not found in PATH (" + t.why + ")"
+	switch {
+	case opts.GOOS == "darwin" && t.brewPkg != "":
+		c.pkg = t.brewPkg
+		c.Fix = "brew install " + t.brewPkg
+		if t.brewPkg == "e2fsprogs" {
+			c.Fix += ` && export PATH="$(brew --prefix e2fsprogs)/sbin:$PATH"`
+		}
+	case opts.GOOS == "darwin":
+		c.Fix = "build images on Linux: " + t.name + " is Debian-only"
+	default:
+		c.pkg = t.debPkg
+		c.Fix = aptInstall(t.debPkg)
+	}
+	return c
+}
+
+func aptInstall(pkgs ...string) string {
+	return "apt-get install -y --no-install-recommends " + strings.Join(pkgs, " ")
+}
+
+func diskCheck(opts Options) Check {
+	c := Check{Name: "disk space"}
+	free, err := opts.FreeSpace(opts.Dir)
+	if err != nil {
+		c.Detail = fmt.Sprintf("%s: %v", opts.Dir, err)
+		return c
+	}
+	c.Detail = fmt.Sprintf("%s free in %s", gib(free), opts.Dir)
+	switch {
+	case free < FailBelow:
+		c.Detail += fmt.Sprintf(", need at least %s", gib(FailBelow))
+		c.Fix = "free space in " + opts.Dir + ", or point EMU_HOME at a larger disk"
+	case free < WarnBelow:
+		c.OK, c.Warn = true, true
+		c.Detail += fmt.Sprintf(", under %s: builds may run out", gib(WarnBelow))
+	default:
+		c.OK = true
+	}
+	return c
+}
+
+func gib(n int64) string { return fmt.Sprintf("%.1f GiB", float64(n)/(1<<30)) }
+
+// freeSpace is the space available to us on dir's file system; a dir that
+// does not exist yet is measured at its nearest existing parent.
+func freeSpace(dir string) (int64, error) {
+	dir = filepath.Clean(dir)
+	for {
+		var st syscall.Statfs_t
+		err := syscall.Statfs(dir, &st)
+		if err == nil {
+			return int64(st.Bavail) * int64(st.Bsize), nil
+		}
+		parent := filepath.Dir(dir)
+		if !os.IsNotExist(err) || parent == dir {
+			return 0, fmt.Errorf("statfs %s: %w", dir, err)
+		}
+		dir = parent
+	}
+}
+
+// OK reports whether nothing failed; warnings are OK.
+func (r Report) OK() bool { return len(r.Missing()) == 0 }
+
+// Missing lists the failed checks.
+func (r Report) Missing() []Check {
+	var m []Check
+	for _, c := range r.Checks {
+		if !c.OK {
+			m = append(m, c)
+		}
+	}
+	return m
+}
+
+// FixCommand merges the package installs of every failed check into one
+// command line; "" when there is nothing to install.
+func (r Report) FixCommand() string {
+	seen := map[string]bool{}
+	var pkgs []string
+	for _, c := range r.Missing() {
+		if c.pkg != "" && !seen[c.pkg] {
+			seen[c.pkg] = true
+			pkgs = append(pkgs, c.pkg)
+		}
+	}
+	if len(pkgs) == 0 {
+		return ""
+	}
+	sort.Strings(pkgs)
+	if r.GOOS == "darwin" {
+		return "brew install " + strings.Join(pkgs, " ")
+	}
+	return aptInstall(pkgs...)
+}
+
+// Write renders the report as a table, then the fixes for what failed.
+func (r Report) Write(w io.Writer) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	for _, c := range r.Checks {
+		status := "ok"
+		switch {
+		case !c.OK:
+			status = "MISSING"
+		case c.Warn:
+			status = "warn"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\n", status, c.Name, c.Detail)
+	}
+	tw.Flush()
+	missing := r.Missing()
+	if len(missing) == 0 {
+		return
+	}
+	fmt.Fprintln(w)
+	if cmd := r.FixCommand(); cmd != "" {
+		fmt.Fprintf(w, "to install what is missing:\n  %s\n", cmd)
+	}
+	for _, c := range missing {
+		if c.Fix != "" && c.pkg == "" {
+			fmt.Fprintf(w, "%s: %s\n", c.Name, c.Fix)
+		}
+	}
+}
