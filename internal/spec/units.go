@@ -64,11 +64,11 @@ func (s Size) String() string {
 // UnmarshalYAML reads a size from a string or an integer.
 func (s *Size) UnmarshalYAML(n *yaml.Node) error {
 	if n.Kind != yaml.ScalarNode {
-		return fmt.Errorf("line %d: want a size such as 2GiB", n.Line)
+		return typeErrorf(n, "want a size such as 2GiB")
 	}
 	v, err := ParseSize(n.Value)
 	if err != nil {
-		return fmt.Errorf("line %d: %w", n.Line, err)
+		return typeErrorf(n, "%v", err)
 	}
 	*s = v
 	return nil
@@ -86,11 +86,11 @@ func (d Duration) D() time.Duration { return time.Duration(d) }
 // UnmarshalYAML reads a Go duration string.
 func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
 	if n.Kind != yaml.ScalarNode {
-		return fmt.Errorf("line %d: want a duration such as 90s or 5m", n.Line)
+		return typeErrorf(n, "want a duration such as 90s or 5m")
 	}
 	v, err := time.ParseDuration(n.Value)
 	if err != nil || v < 0 {
-		return fmt.Errorf("line %d: invalid duration %q: want a positive duration such as 90s or 5m", n.Line, n.Value)
+		return typeErrorf(n, "invalid duration %q: want a positive duration such as 90s or 5m", n.Value)
 	}
 	*d = Duration(v)
 	return nil
@@ -105,11 +105,11 @@ type FileMode uint32
 // UnmarshalYAML reads an octal mode.
 func (m *FileMode) UnmarshalYAML(n *yaml.Node) error {
 	if n.Kind != yaml.ScalarNode {
-		return fmt.Errorf("line %d: want an octal mode such as \"0755\"", n.Line)
+		return typeErrorf(n, "want an octal mode such as \"0755\"")
 	}
 	v, err := strconv.ParseUint(strings.TrimPrefix(n.Value, "0o"), 8, 32)
 	if err != nil || v > 0o7777 {
-		return fmt.Errorf("line %d: invalid mode %q: want an octal mode such as \"0755\"", n.Line, n.Value)
+		return typeErrorf(n, "invalid mode %q: want an octal mode such as \"0755\"", n.Value)
 	}
 	*m = FileMode(v)
 	return nil
@@ -117,3 +117,9 @@ func (m *FileMode) UnmarshalYAML(n *yaml.Node) error {
 
 // MarshalText renders the mode in octal.
 func (m FileMode) MarshalText() ([]byte, error) { return []byte(fmt.Sprintf("%04o", uint32(m))), nil }
+
+// typeErrorf returns a *yaml.TypeError, which the decoder collects and goes
+// on, so that one bad value does not hide the problems after it.
+func typeErrorf(n *yaml.Node, format string, args ...any) error {
+	return &yaml.TypeError{Errors: []string{fmt.Sprintf("line %d: ", n.Line) + fmt.Sprintf(format, args...)}}
+}

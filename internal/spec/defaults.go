@@ -1,0 +1,64 @@
+package spec
+
+import "time"
+
+// Defaults for fields left out of the stack file.
+const (
+	DefaultSuite         = "trixie"
+	DefaultKernel        = "linux-image-cloud-amd64"
+	DefaultArch          = "amd64"
+	DefaultCPUs          = 2
+	DefaultMemory        = 2 * GiB
+	DefaultDisk          = 4 * GiB
+	DefaultHealthTimeout = Duration(2 * time.Minute)
+	DefaultHTTPStatus    = 200
+	DefaultHTTPPath      = "/"
+	DefaultStepTimeout   = Duration(10 * time.Minute)
+)
+
+// setDefaults fills in every field left empty that has a default. Parse
+// applies it before validation.
+func (s *Stack) setDefaults() {
+	if s.Base.Suite == "" {
+		s.Base.Suite = DefaultSuite
+	}
+	if s.Base.Kernel == "" {
+		s.Base.Kernel = DefaultKernel
+	}
+	if s.Base.Arch == "" {
+		s.Base.Arch = DefaultArch
+	}
+	if s.VM.CPUs == 0 {
+		s.VM.CPUs = DefaultCPUs
+	}
+	if s.VM.Memory == 0 {
+		s.VM.Memory = DefaultMemory
+	}
+	if s.VM.Disk == 0 {
+		s.VM.Disk = DefaultDisk
+	}
+	for name, svc := range s.Services {
+		if svc.Health.Timeout == 0 {
+			svc.Health.Timeout = DefaultHealthTimeout
+		}
+		if h := svc.Health.HTTP; h != nil {
+			if h.Status == 0 {
+				h.Status = DefaultHTTPStatus
+			}
+			if h.Path == "" {
+				h.Path = DefaultHTTPPath
+			}
+		}
+		for i := range svc.Ports {
+			if svc.Ports[i].Host == 0 {
+				svc.Ports[i].Host = svc.Ports[i].Guest
+			}
+		}
+		s.Services[name] = svc
+	}
+	for i := range s.Bake {
+		if s.Bake[i].Timeout == 0 {
+			s.Bake[i].Timeout = DefaultStepTimeout
+		}
+	}
+}
