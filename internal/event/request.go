@@ -23,6 +23,9 @@ const (
 type Request struct {
 	Op    Op     `json:"op"`
 	Steps []Step `json:"steps,omitempty"`
+	// Services names the services to start before the bake steps run; the
+	// others stay stopped (they usually need what the bake makes).
+	Services []string `json:"services,omitempty"`
 	// Slim lists guest paths to remove after the bake.
 	Slim []string `json:"slim,omitempty"`
 }

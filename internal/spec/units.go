@@ -123,3 +123,33 @@ func (m FileMode) MarshalText() ([]byte, error) { return []byte(fmt.Sprintf("%04
 func typeErrorf(n *yaml.Node, format string, args ...any) error {
 	return &yaml.TypeError{Errors: []string{fmt.Sprintf("line %d: ", n.Line) + fmt.Sprintf(format, args...)}}
 }
+
+// UnmarshalText reads what MarshalText writes (JSON manifests).
+func (s *Size) UnmarshalText(b []byte) error {
+	v, err := ParseSize(string(b))
+	if err != nil {
+		return err
+	}
+	*s = v
+	return nil
+}
+
+// UnmarshalText reads what MarshalText writes (JSON manifests).
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return fmt.Errorf("invalid duration %q: %w", b, err)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// UnmarshalText reads what MarshalText writes (JSON manifests).
+func (m *FileMode) UnmarshalText(b []byte) error {
+	v, err := strconv.ParseUint(string(b), 8, 32)
+	if err != nil {
+		return fmt.Errorf("invalid mode %q: %w", b, err)
+	}
+	*m = FileMode(v)
+	return nil
+}

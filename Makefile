@@ -1,0 +1,32 @@
+# emu: build the CLI and the guest agent, the demo service, and run tests.
+GO        ?= go
+VERSION   ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+LDFLAGS   := -s -w -X github.com/emu-dev/emu/internal/cli.Version=$(VERSION)
+
+.PHONY: all emu agent demo-api demo test test-short clean
+
+all: emu agent
+
+emu:
+	$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/emu ./cmd/emu
+
+# The agent runs in the guest: static, no cgo, linux/amd64.
+agent:
+	CGO_ENABLED=0 GOOS=linux GOARCH=amd64 $(GO) build -trimpath -ldflags "-s -w -X main.version=$(VERSION)" -o bin/emu-agent ./cmd/emu-agent
+
+demo-api:
+	CGO_ENABLED=0 GOOS=linux GOARCH=amd64 $(GO) build -trimpath -ldflags "-s -w" -o examples/demo/bin/demo-api ./examples/demo/cmd/demo-api
+
+# Build the demo image and boot it until every service is healthy.
+demo: all demo-api
+	bin/emu build -f examples/demo/emu.yaml
+	bin/emu verify -f examples/demo/emu.yaml
+
+test:
+	$(GO) test -timeout 40m ./...
+
+test-short:
+	$(GO) test -short ./...
+
+clean:
+	rm -rf bin examples/demo/bin

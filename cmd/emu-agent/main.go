@@ -1,0 +1,75 @@
+//go:build linux
+
+// Command emu-agent is emu's guest agent. See internal/agent.
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/emu-dev/emu/internal/agent"
+)
+
+var version = "dev"
+
+func main() {
+	if len(os.Args) > 1 && (os.Args[1] == "--version" || os.Args[1] == "version") {
+		fmt.Println("emu-agent", version)
+		return
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx); err != nil {
+		fmt.Fprintf(os.Stderr, "emu-agent: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context) error {
+	cfg, err := agent.LoadConfig(agent.ConfigPath)
+	if err != nil {
+		return err
+	}
+	wctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	dev, err := agent.WaitPort(wctx, agent.PortName)
+	cancel()
+	if err != nil {
+		return err
+	}
+	port, err := os.OpenFile(dev, os.O_RDWR, 0)
+	if err != nil {
+		return fmt.Errorf("open host channel: %w", err)
+	}
+	defer port.Close()
+	opts := agent.Options{
+		Config:   cfg,
+		Mode:     agent.Mode(cmdlineParam("emu.mode", string(agent.Run))),
+		Conn:     port,
+		Console:  os.Stderr,
+		PowerOff: agent.PowerOff,
+		Version:  version,
+	}
+	if _, err := os.Stat("/run/systemd/system"); err == nil {
+		opts.System = agent.Systemd{}
+	}
+	return agent.Start(ctx, opts)
+}
+
+// cmdlineParam returns key's value on the kernel command line, or def.
+func cmdlineParam(key, def string) string {
+	b, err := os.ReadFile("/proc/cmdline")
+	if err != nil {
+		return def
+	}
+	for _, f := range strings.Fields(string(b)) {
+		if v, ok := strings.CutPrefix(f, key+"="); ok {
+			return v
+		}
+	}
+	return def
+}

@@ -1,0 +1,323 @@
+package agent
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/emu-dev/emu/internal/event"
+)
+
+// Mode is what the agent was booted for.
+type Mode string
+
+const (
+	// Provision: wait for the host's bake request, run it, slim, power off.
+	Provision Mode = "provision"
+	// Run: start the services, report health, serve requests until shutdown.
+	Run Mode = "run"
+)
+
+// Options configure one agent run.
+type Options struct {
+	Config Config
+	Mode   Mode
+	// Conn is the host channel (the virtio-serial port).
+	Conn io.ReadWriter
+	// Console receives a copy of every event, one human line each.
+	Console io.Writer
+	// System starts, stops and inspects units; nil means no init system to
+	// talk to (the test initramfs), where services cannot be started.
+	System System
+	// PowerOff ends the guest; nil means return from Start instead.
+	PowerOff func() error
+	// Roots to trim after the bake; default "/".
+	TrimPaths []string
+	Version   string
+}
+
+// Agent is one running agent.
+type Agent struct {
+	opts    Options
+	out     chan event.Event
+	flushed chan struct{}
+
+	mu     sync.Mutex
+	status event.Status
+	// replay holds the latest event per service, re-sent on OpStatus.
+	replay map[string]event.Event
+}
+
+// outBuffer bounds the events queued for the host; when the host is not
+// connected (after `emu up` returned), the oldest are dropped, and OpStatus
+// replays the current state on the next connection.
+const outBuffer = 4096
+
+// Start runs the agent until its work is done, ctx ends, or a shutdown
+// request was served. It returns the error that ended the run, if any.
+func Start(ctx context.Context, opts Options) error {
+	if opts.Mode == "" {
+		opts.Mode = Run
+	}
+	if len(opts.TrimPaths) == 0 {
+		opts.TrimPaths = []string{"/"}
+	}
+	a := &Agent{
+		opts:    opts,
+		out:     make(chan event.Event, outBuffer),
+		flushed: make(chan struct{}),
+		replay:  map[string]event.Event{},
+	}
+	go a.writeLoop()
+	reqs := make(chan event.Request)
+	go a.readLoop(ctx, reqs)
+
+	a.emit(event.New(event.Hello, opts.Config.Stack, "agent up").
+		With("mode", string(opts.Mode)).With("version", opts.Version))
+
+	var err error
+	switch opts.Mode {
+	case Provision:
+		err = a.provision(ctx, reqs)
+	case Run:
+		err = a.serve(ctx, reqs)
+	default:
+		err = fmt.Errorf("unknown agent mode %q", opts.Mode)
+		a.emit(event.New(event.Failed, "", err.Error()))
+	}
+	close(a.out)
+	select {
+	case <-a.flushed:
+	case <-time.After(5 * time.Second):
+	}
+	if opts.PowerOff != nil && (err == nil || opts.Mode == Provision) {
+		if perr := opts.PowerOff(); perr != nil {
+			return errors.Join(err, fmt.Errorf("power off: %w", perr))
+		}
+	}
+	return err
+}
+
+func (a *Agent) emit(e event.Event) {
+	a.mu.Lock()
+	a.status = event.Fold(a.status, e)
+	switch e.Kind {
+	case event.ServiceStarting, event.ServiceHealthy, event.ServiceUnhealthy:
+		a.replay[e.Name] = e
+	}
+	a.mu.Unlock()
+	if a.opts.Console != nil {
+		fmt.Fprintf(a.opts.Console, "emu-agent: %s\n", e)
+	}
+	for {
+		select {
+		case a.out <- e:
+			return
+		default:
+			// Full: the host is away. Drop the oldest, keep the newest.
+			select {
+			case <-a.out:
+			default:
+			}
+		}
+	}
+}
+
+func (a *Agent) writeLoop() {
+	defer close(a.flushed)
+	w := bufio.NewWriter(a.opts.Conn)
+	enc := event.NewEncoder(w)
+	for e := range a.out {
+		if err := enc.Encode(e); err != nil {
+			continue
+		}
+		// Flush per event: latency matters more than syscalls here.
+		if err := w.Flush(); err != nil {
+			w.Reset(a.opts.Conn)
+		}
+	}
+}
+
+// readLoop decodes requests from the host. A virtio-serial port reads EOF
+// while no host is connected, and the driver offers nothing to wait on
+// for a connection, so the loop retries at a short interval then.
+func (a *Agent) readLoop(ctx context.Context, reqs chan<- event.Request) {
+	br := bufio.NewReaderSize(a.opts.Conn, 64*1024)
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		line, err := br.ReadBytes('\n')
+		if len(line) > 0 && line[len(line)-1] == '\n' {
+			r, perr := event.ParseRequest(line)
+			if perr != nil {
+				a.emit(event.New(event.Log, "", perr.Error()))
+				continue
+			}
+			select {
+			case reqs <- r:
+			case <-ctx.Done():
+				return
+			}
+			continue
+		}
+		if err == nil {
+			continue
+		}
+		if !errors.Is(err, io.EOF) && !errors.Is(err, os.ErrClosed) {
+			a.emit(event.New(event.Log, "", "read host channel: "+err.Error()))
+		}
+		if errors.Is(err, os.ErrClosed) {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+func (a *Agent) fail(name string, err error) error {
+	a.emit(event.New(event.Failed, name, err.Error()))
+	return err
+}
+
+// provision waits for the bake request, runs it, and slims the system.
+func (a *Agent) provision(ctx context.Context, reqs <-chan event.Request) error {
+	var req event.Request
+	for {
+		select {
+		case <-ctx.Done():
+			return a.fail("", fmt.Errorf("wait for provision request: %w", ctx.Err()))
+		case req = <-reqs:
+		}
+		if req.Op == event.OpProvision {
+			break
+		}
+		a.emit(event.New(event.Log, "", fmt.Sprintf("ignoring %s request while waiting to provision", req.Op)))
+	}
+	if svcs := subset(a.opts.Config.Services, req.Services); len(svcs) > 0 {
+		a.emit(event.New(event.StageStart, "services", "start services for the bake"))
+		if err := a.startServices(ctx, svcs); err != nil {
+			a.emit(event.New(event.StageFailed, "services", err.Error()))
+			return a.fail(failedName(err), err)
+		}
+		a.emit(event.New(event.StageDone, "services", ""))
+	}
+	a.emit(event.New(event.StageStart, "bake", fmt.Sprintf("%d steps", len(req.Steps))))
+	for _, st := range req.Steps {
+		if err := a.runStep(ctx, st); err != nil {
+			a.emit(event.New(event.StageFailed, "bake", err.Error()))
+			return a.fail(st.Name, err)
+		}
+	}
+	a.emit(event.New(event.StageDone, "bake", ""))
+
+	a.emit(event.New(event.StageStart, "slim", "in the guest"))
+	fields, err := a.slim(ctx, req.Slim)
+	if err != nil {
+		a.emit(event.New(event.StageFailed, "slim", err.Error()))
+		return a.fail("slim", err)
+	}
+	done := event.New(event.StageDone, "slim", "")
+	for k, v := range fields {
+		done = done.With(k, v)
+	}
+	a.emit(done)
+	a.emit(event.New(event.Done, "", "provisioned"))
+	return nil
+}
+
+// serve starts the services and answers requests until a shutdown.
+func (a *Agent) serve(ctx context.Context, reqs <-chan event.Request) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		if err := a.startServices(ctx, a.opts.Config.Services); err != nil {
+			if ctx.Err() == nil {
+				a.fail(failedName(err), err)
+			}
+			return
+		}
+		a.emit(event.New(event.Ready, "", "all services healthy"))
+		a.watch(ctx)
+	}()
+	for {
+		var req event.Request
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case req = <-reqs:
+		}
+		switch req.Op {
+		case event.OpStatus:
+			a.replayStatus()
+		case event.OpShutdown:
+			cancel()
+			a.stopServices(context.Background())
+			a.emit(event.New(event.Done, "", "shutting down"))
+			return nil
+		default:
+			a.emit(event.New(event.Log, "", fmt.Sprintf("ignoring %s request in run mode", req.Op)))
+		}
+	}
+}
+
+func (a *Agent) replayStatus() {
+	a.mu.Lock()
+	hello := a.status.Hello
+	ready := a.status.Ready
+	var evs []event.Event
+	for _, s := range a.opts.Config.Services {
+		if e, ok := a.replay[s.Name]; ok {
+			evs = append(evs, e)
+		}
+	}
+	a.mu.Unlock()
+	if hello != nil {
+		a.emit(*hello)
+	}
+	for _, e := range evs {
+		a.emit(e)
+	}
+	if ready {
+		a.emit(event.New(event.Ready, "", "all services healthy"))
+	}
+}
+
+// subset returns the services named in names, in their start order, with
+// dependencies on services outside the subset dropped.
+func subset(all []Service, names []string) []Service {
+	in := map[string]bool{}
+	for _, n := range names {
+		in[n] = true
+	}
+	var out []Service
+	for _, s := range all {
+		if !in[s.Name] {
+			continue
+		}
+		var after []string
+		for _, d := range s.After {
+			if in[d] {
+				after = append(after, d)
+			}
+		}
+		s.After = after
+		out = append(out, s)
+	}
+	return out
+}
+
+func failedName(err error) string {
+	var se *ServiceError
+	if errors.As(err, &se) {
+		return se.Service
+	}
+	return ""
+}

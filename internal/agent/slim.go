@@ -1,0 +1,97 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/emu-dev/emu/internal/event"
+)
+
+// DefaultSlim is removed from every image after the bake: package caches
+// and lists (the image has no network to use them), temporary files.
+var DefaultSlim = []string{
+	"/var/cache/apt/*.bin",
+	"/var/cache/apt/archives/*.deb",
+	"/var/lib/apt/lists/*_*",
+	"/tmp/*",
+	"/var/tmp/*",
+	"/var/cache/debconf/*-old",
+}
+
+// slim stops the services, removes the given paths and the default ones,
+// and discards the freed blocks so the host's disk file keeps no stale data.
+func (a *Agent) slim(ctx context.Context, paths []string) (map[string]string, error) {
+	a.stopServices(ctx)
+	removed := 0
+	for _, pattern := range append(append([]string(nil), paths...), DefaultSlim...) {
+		matches, err := filepath.Glob(pattern)
+		if err != nil {
+			return nil, fmt.Errorf("slim: bad pattern %q: %w", pattern, err)
+		}
+		for _, m := range matches {
+			if err := os.RemoveAll(m); err != nil {
+				return nil, fmt.Errorf("slim: remove %s: %w", m, err)
+			}
+			removed++
+		}
+	}
+	unix.Sync()
+	fields := map[string]string{"removed": strconv.Itoa(removed)}
+	var trimmed uint64
+	for _, root := range a.opts.TrimPaths {
+		n, err := Trim(root)
+		if err != nil {
+			// A filesystem without discard (the test initramfs) still works.
+			a.emit(event.New(event.Log, "slim", err.Error()))
+			continue
+		}
+		trimmed += n
+	}
+	fields["trimmed"] = strconv.FormatUint(trimmed, 10)
+	unix.Sync()
+	return fields, nil
+}
+
+// fitrim is FITRIM from linux/fs.h: _IOWR('X', 121, struct fstrim_range).
+const fitrim = 0xc0185879
+
+// fstrimRange mirrors struct fstrim_range from linux/fs.h.
+type fstrimRange struct {
+	Start, Len, MinLen uint64
+}
+
+// Trim discards the unused blocks of the filesystem holding path (FITRIM,
+// what fstrim does) and returns how many bytes the kernel trimmed.
+func Trim(path string) (uint64, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0, fmt.Errorf("trim %s: %w", path, err)
+	}
+	defer f.Close()
+	r := fstrimRange{Len: ^uint64(0)}
+	_, _, errno := unix.Syscall(unix.SYS_IOCTL, f.Fd(), fitrim, uintptr(unsafe.Pointer(&r)))
+	if errno != 0 {
+		return 0, fmt.Errorf("trim %s: %w", path, errno)
+	}
+	return r.Len, nil
+}
+
+// PowerOff ends the guest: through systemd when it is PID 1, so every unit
+// stops and the filesystems unmount cleanly; else with the reboot syscall.
+func PowerOff() error {
+	if _, err := os.Stat("/run/systemd/system"); err == nil {
+		return run(context.Background(), "systemctl", "poweroff", "--no-block")
+	}
+	unix.Sync()
+	if err := unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF); err != nil {
+		return errors.Join(errors.New("reboot(POWER_OFF)"), err)
+	}
+	return nil
+}

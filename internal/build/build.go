@@ -1,0 +1,348 @@
+// Package build turns a stack file into an image bundle: a visible list of
+// named stages, each timed and reported as events.
+//
+//	rootfs -> inject -> disk -> provision (services, bake, slim in the
+//	guest) -> compress -> bundle
+package build
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/emu-dev/emu/internal/accel"
+	"github.com/emu-dev/emu/internal/bundle"
+	"github.com/emu-dev/emu/internal/command"
+	"github.com/emu-dev/emu/internal/event"
+	"github.com/emu-dev/emu/internal/rootfs"
+	"github.com/emu-dev/emu/internal/spec"
+	"github.com/emu-dev/emu/internal/store"
+)
+
+// Runner runs host tools; command.Exec in production, a fake in tests.
+type Runner interface {
+	Run(ctx context.Context, name string, args ...string) ([]byte, error)
+}
+
+// Options configure one build.
+type Options struct {
+	Stack *spec.Stack
+	Home  store.Home
+	// OutDir is the parent of the bundle directory OutDir/<name>; default
+	// the image store.
+	OutDir string
+	// AgentBinary is the static emu-agent for the guest's architecture.
+	AgentBinary string
+	Accel       accel.Choice
+	// KeepOnFailure keeps the work directory (tree, disk) of a failed build.
+	KeepOnFailure bool
+	Sink          event.Sink
+	Log           *slog.Logger
+	Runner        Runner
+	// QEMU is the system emulator binary; default by the guest's arch.
+	QEMU string
+	// Version is emu's version, recorded in the manifest.
+	Version string
+}
+
+// Result is a finished build.
+type Result struct {
+	Dir      string
+	Manifest bundle.Manifest
+	// Logs is the directory with this build's provision and console logs.
+	Logs string
+}
+
+type stage struct {
+	name string
+	run  func(context.Context) (map[string]string, error)
+}
+
+// builder carries one build's state from stage to stage.
+type builder struct {
+	opts    Options
+	work    string // work directory: tree, raw disk
+	logs    string // this build's log directory
+	staged  string // the bundle being assembled, renamed into place at the end
+	final   string
+	tarball string
+	kernel  string
+	initrd  string
+	man     bundle.Manifest
+
+	logMu   sync.Mutex
+	logFile *os.File
+	status  event.Status
+}
+
+// Stages are the build's stage names, in order.
+var Stages = []string{"rootfs", "inject", "disk", "provision", "compress", "bundle"}
+
+// Build runs every stage. On failure or interruption the previous bundle at
+// the same place is untouched, the work directory is removed (unless
+// KeepOnFailure), and every process started is reaped.
+func Build(ctx context.Context, opts Options) (res *Result, err error) {
+	if opts.Stack == nil {
+		return nil, errors.New("build: no stack")
+	}
+	if opts.Log == nil {
+		opts.Log = slog.New(slog.DiscardHandler)
+	}
+	if opts.Runner == nil {
+		opts.Runner = command.Exec{}
+	}
+	if opts.OutDir == "" {
+		opts.OutDir = opts.Home.Images()
+	}
+	if opts.Accel.TimeoutScale <= 0 {
+		opts.Accel.TimeoutScale = 1
+	}
+	b := &builder{opts: opts, final: filepath.Join(opts.OutDir, opts.Stack.Name)}
+	cleanup, err := b.prepare()
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		cleanup(err)
+	}()
+
+	stages := []stage{
+		{"rootfs", b.rootfs},
+		{"inject", b.inject},
+		{"disk", b.disk},
+		{"provision", b.provision},
+		{"compress", b.compress},
+		{"bundle", b.bundle},
+	}
+	for _, st := range stages {
+		if err := ctx.Err(); err != nil {
+			return nil, b.failure(st.name, fmt.Errorf("interrupted: %w", err))
+		}
+		b.emit(event.New(event.StageStart, st.name, ""))
+		start := time.Now()
+		fields, err := st.run(ctx)
+		took := time.Since(start)
+		if err != nil {
+			msg := err.Error()
+			var be *Error
+			if errors.As(err, &be) {
+				msg = be.Err.Error()
+			}
+			b.emit(event.New(event.StageFailed, st.name, msg))
+			return nil, b.failure(st.name, err)
+		}
+		done := event.New(event.StageDone, st.name, "")
+		keys := make([]string, 0, len(fields))
+		for k := range fields {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		for _, k := range keys {
+			done = done.With(k, fields[k])
+		}
+		b.emit(done)
+		size, _ := strconv.ParseInt(fields["size"], 10, 64)
+		b.man.Stages = append(b.man.Stages, bundle.StageRecord{Name: st.name, Duration: bundle.Millis(took), Size: size, Cached: fields["cached"] == "true"})
+	}
+	b.emit(event.New(event.Done, opts.Stack.Name, "bundle written to "+b.final))
+	return &Result{Dir: b.final, Manifest: b.man, Logs: b.logs}, nil
+}
+
+// prepare makes the work and log directories and returns the cleanup to
+// run when the build ends.
+func (b *builder) prepare() (func(error), error) {
+	name := b.opts.Stack.Name
+	for _, d := range []string{b.opts.Home.Work(), b.opts.OutDir} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return nil, &Error{Stage: "prepare", Err: fmt.Errorf("create %s: %w", d, err)}
+		}
+	}
+	if err := checkWritable(b.opts.OutDir); err != nil {
+		return nil, &Error{Stage: "prepare", Err: err, Hint: "choose another directory with --out, or fix the permissions of " + b.opts.OutDir}
+	}
+	work, err := os.MkdirTemp(b.opts.Home.Work(), name+"-")
+	if err != nil {
+		return nil, &Error{Stage: "prepare", Err: fmt.Errorf("create work directory: %w", err)}
+	}
+	b.work = work
+	b.logs = filepath.Join(b.opts.Home.BuildLogs(name), time.Now().UTC().Format("20060102T150405Z"))
+	if err := os.MkdirAll(b.logs, 0o755); err != nil {
+		os.RemoveAll(work)
+		return nil, &Error{Stage: "prepare", Err: fmt.Errorf("create log directory: %w", err)}
+	}
+	f, err := os.Create(filepath.Join(b.logs, store.ProvisionLog))
+	if err != nil {
+		os.RemoveAll(work)
+		return nil, &Error{Stage: "prepare", Err: fmt.Errorf("create build log: %w", err)}
+	}
+	b.logFile = f
+	b.staged = filepath.Join(b.opts.OutDir, fmt.Sprintf(".%s.tmp-%d", name, os.Getpid()))
+	os.RemoveAll(b.staged)
+	return func(err error) {
+		b.logMu.Lock()
+		b.logFile.Close()
+		b.logMu.Unlock()
+		os.RemoveAll(b.staged)
+		if err != nil && b.opts.KeepOnFailure {
+			return
+		}
+		os.RemoveAll(b.work)
+		pruneLogs(b.opts.Home.BuildLogs(name), 5)
+	}, nil
+}
+
+// emit records e in the build log and the status, then passes it on.
+func (b *builder) emit(e event.Event) {
+	b.record(e)
+	b.logMu.Lock()
+	b.status = event.Fold(b.status, e)
+	b.logMu.Unlock()
+	if b.opts.Sink != nil {
+		b.opts.Sink.Emit(e)
+	}
+}
+
+// record writes e to the build log only.
+func (b *builder) record(e event.Event) {
+	b.logMu.Lock()
+	defer b.logMu.Unlock()
+	if b.logFile != nil {
+		if line, err := json.Marshal(e); err == nil {
+			b.logFile.Write(append(line, '\n'))
+		}
+	}
+}
+
+func (b *builder) snapshot() event.Status {
+	b.logMu.Lock()
+	defer b.logMu.Unlock()
+	return b.status
+}
+
+// failure wraps err as the build's *Error, with the logs to read, and
+// emits the stream's final failed event.
+func (b *builder) failure(stageName string, err error) error {
+	var be *Error
+	if !errors.As(err, &be) {
+		be = &Error{Stage: stageName, Err: err}
+	}
+	if be.Stage == "" {
+		be.Stage = stageName
+	}
+	be.Logs = append(be.Logs, filepath.Join(b.logs, store.ProvisionLog))
+	if _, serr := os.Stat(filepath.Join(b.logs, store.SerialLog)); serr == nil {
+		be.Logs = append(be.Logs, filepath.Join(b.logs, store.SerialLog))
+	}
+	if b.opts.KeepOnFailure {
+		be.Kept = b.work
+	}
+	name := be.Step
+	if name == "" {
+		name = be.Stage
+	}
+	b.emit(event.New(event.Failed, name, be.Error()))
+	return be
+}
+
+func checkWritable(dir string) error {
+	f, err := os.CreateTemp(dir, ".emu-write-test-")
+	if err != nil {
+		return fmt.Errorf("output directory %s is not writable: %w", dir, err)
+	}
+	f.Close()
+	return os.Remove(f.Name())
+}
+
+// pruneLogs keeps the newest keep build log directories.
+func pruneLogs(dir string, keep int) {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return
+	}
+	var names []string
+	for _, e := range ents {
+		if e.IsDir() {
+			names = append(names, e.Name())
+		}
+	}
+	sort.Strings(names)
+	for len(names) > keep {
+		os.RemoveAll(filepath.Join(dir, names[0]))
+		names = names[1:]
+	}
+}
+
+// rootfs makes or reuses the base tree's tarball.
+func (b *builder) rootfs(ctx context.Context) (map[string]string, error) {
+	cache := rootfs.Cache{Dir: b.opts.Home.RootfsCache(), Runner: b.runner("rootfs")}
+	path, cached, err := cache.Ensure(ctx, b.opts.Stack.Base)
+	if err != nil {
+		return nil, err
+	}
+	b.tarball = path
+	b.man.RootfsKey = rootfs.Key(b.opts.Stack.Base)
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil, err
+	}
+	if cached {
+		b.emit(event.New(event.Log, "rootfs", "reusing cached root filesystem "+path))
+	}
+	return map[string]string{"cached": strconv.FormatBool(cached), "size": strconv.FormatInt(fi.Size(), 10)}, nil
+}
+
+// runner returns the build's runner, with tool output sent to the log as
+// log events of the named stage when it is the real one.
+func (b *builder) runner(stageName string) Runner {
+	if x, ok := b.opts.Runner.(command.Exec); ok && x.Output == nil {
+		x.Output = &lineWriter{emit: func(line string) {
+			b.emit(event.New(event.Log, stageName, line))
+		}}
+		return x
+	}
+	return b.opts.Runner
+}
+
+// lineWriter calls emit once per complete line written to it.
+type lineWriter struct {
+	mu   sync.Mutex
+	buf  []byte
+	emit func(string)
+}
+
+func (w *lineWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.buf = append(w.buf, p...)
+	for {
+		i := indexByte(w.buf, '\n')
+		if i < 0 {
+			break
+		}
+		if line := string(w.buf[:i]); line != "" {
+			w.emit(line)
+		}
+		w.buf = w.buf[i+1:]
+	}
+	return len(p), nil
+}
+
+func indexByte(b []byte, c byte) int {
+	for i, x := range b {
+		if x == c {
+			return i
+		}
+	}
+	return -1
+}
+
+var _ io.Writer = (*lineWriter)(nil)

@@ -1,0 +1,131 @@
+package build
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/emu-dev/emu/internal/agent"
+	"github.com/emu-dev/emu/internal/bundle"
+	"github.com/emu-dev/emu/internal/disk"
+	"github.com/emu-dev/emu/internal/guest"
+	"github.com/emu-dev/emu/internal/spec"
+	"github.com/emu-dev/emu/internal/store"
+)
+
+// InputHash digests everything a bundle is made from: the base, the stack
+// file's settings, every file's contents and the agent binary. Two builds
+// with the same hash make the same image.
+func InputHash(s *spec.Stack, agentBinary string) (string, error) {
+	h := sha256.New()
+	fmt.Fprintf(h, "emu-bundle-v1\n")
+	sj, err := json.Marshal(s)
+	if err != nil {
+		return "", err
+	}
+	h.Write(sj)
+	paths := []string{agentBinary}
+	for _, f := range s.Files {
+		paths = append(paths, s.FilePath(f))
+	}
+	for _, p := range paths {
+		f, err := os.Open(p)
+		if err != nil {
+			return "", fmt.Errorf("hash input %s: %w", p, err)
+		}
+		fmt.Fprintf(h, "\n%s\n", p)
+		_, err = io.Copy(h, f)
+		f.Close()
+		if err != nil {
+			return "", fmt.Errorf("hash input %s: %w", p, err)
+		}
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// compress converts the provisioned disk into the staged bundle's qcow2.
+func (b *builder) compress(ctx context.Context) (map[string]string, error) {
+	if err := os.MkdirAll(b.staged, 0o755); err != nil {
+		return nil, fmt.Errorf("create %s: %w", b.staged, err)
+	}
+	dst := filepath.Join(b.staged, store.BundleDisk)
+	if err := disk.Compress(ctx, b.opts.Runner, filepath.Join(b.work, store.WorkDisk), dst, disk.Zstd); err != nil {
+		return nil, err
+	}
+	fi, err := os.Stat(dst)
+	if err != nil {
+		return nil, err
+	}
+	return map[string]string{"size": strconv.FormatInt(fi.Size(), 10)}, nil
+}
+
+// bundle adds the kernel, initrd, log and manifest, then swaps the staged
+// directory into place in one step.
+func (b *builder) bundle(ctx context.Context) (map[string]string, error) {
+	s := b.opts.Stack
+	for src, name := range map[string]string{b.kernel: store.BundleKernel, b.initrd: store.BundleInitrd} {
+		if err := copyFile(src, filepath.Join(b.staged, name), 0o644); err != nil {
+			return nil, fmt.Errorf("add %s to bundle: %w", name, err)
+		}
+	}
+	hash, err := InputHash(s, b.opts.AgentBinary)
+	if err != nil {
+		return nil, err
+	}
+	m := &b.man
+	m.Name, m.Arch, m.InputHash, m.EmuVersion = s.Name, s.Base.Arch, hash, b.opts.Version
+	m.Created = time.Now().UTC().Truncate(time.Second)
+	m.Cmdline = guest.Cmdline(agent.Run)
+	m.VM = s.VM
+	for _, name := range s.StartOrder() {
+		svc := s.Services[name]
+		m.Services = append(m.Services, bundle.ServiceRecord{
+			Name: name, Unit: guest.UnitName(name, svc), After: svc.After, Ports: svc.Ports, Health: svc.Health,
+		})
+	}
+	b.logMu.Lock()
+	err = b.logFile.Sync()
+	b.logMu.Unlock()
+	if err != nil {
+		return nil, err
+	}
+	if err := copyFile(filepath.Join(b.logs, store.ProvisionLog), filepath.Join(b.staged, store.BundleLog), 0o644); err != nil {
+		return nil, fmt.Errorf("add provision log to bundle: %w", err)
+	}
+	m.Files = map[string]bundle.FileRecord{}
+	var total int64
+	for _, name := range []string{store.BundleDisk, store.BundleKernel, store.BundleInitrd, store.BundleLog} {
+		sum, size, err := disk.Digest(filepath.Join(b.staged, name))
+		if err != nil {
+			return nil, err
+		}
+		m.Files[name] = bundle.FileRecord{SHA256: sum, Size: size}
+		total += size
+	}
+	mj, err := json.MarshalIndent(m, "", "  ")
+	if err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(filepath.Join(b.staged, store.BundleManifest), append(mj, '\n'), 0o644); err != nil {
+		return nil, fmt.Errorf("write manifest: %w", err)
+	}
+	for _, name := range []string{store.BundleDisk, store.BundleKernel, store.BundleInitrd, store.BundleLog, store.BundleManifest} {
+		if err := disk.SyncFile(filepath.Join(b.staged, name)); err != nil {
+			return nil, err
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if err := disk.SwapDir(b.staged, b.final); err != nil {
+		return nil, err
+	}
+	return map[string]string{"size": strconv.FormatInt(total, 10)}, nil
+}

@@ -1,0 +1,115 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/emu-dev/emu/internal/accel"
+	"github.com/emu-dev/emu/internal/build"
+	"github.com/emu-dev/emu/internal/doctor"
+	"github.com/emu-dev/emu/internal/progress"
+	"github.com/emu-dev/emu/internal/spec"
+	"github.com/emu-dev/emu/internal/store"
+)
+
+func runBuild(ctx context.Context, e *env, args []string) error {
+	fs := newFlags(e, "build", "[-f FILE] [--out DIR] [flags]")
+	file := fs.String("f", spec.DefaultFile, "the stack `file`")
+	out := fs.String("out", "", "write the bundle to `DIR`/<name>/ instead of the image store")
+	keep := fs.Bool("keep-on-failure", false, "keep the work directory (tree and disk) of a failed build for inspection")
+	jsonOut := fs.Bool("json", false, "print events as JSON lines on stdout")
+	accelFlag := fs.String("accel", "", "accelerator: kvm, hvf or tcg (default: probe)")
+	pos, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) > 0 {
+		return usageError{fmt.Errorf("build takes no arguments (got %q); name the stack file with -f", pos[0])}
+	}
+	stack, err := spec.Load(*file)
+	if err != nil {
+		return err
+	}
+	home, err := store.Default()
+	if err != nil {
+		return err
+	}
+	outDir := home.Images()
+	if *out != "" {
+		if outDir, err = filepath.Abs(*out); err != nil {
+			return usageError{fmt.Errorf("--out %s: %w", *out, err)}
+		}
+	}
+	agentBin, err := agentBinary()
+	if err != nil {
+		return err
+	}
+	choice, err := checkHost(ctx, e, outDir, stack.Base.Arch, *accelFlag, true)
+	if err != nil {
+		return err
+	}
+	mode := progress.Detect(os.Stderr, *jsonOut)
+	w := e.stderr
+	if mode == progress.JSON {
+		w = e.stdout
+	}
+	view := progress.New(w, mode, progress.WithStages(build.Stages...))
+	res, err := build.Build(ctx, build.Options{
+		Stack:         stack,
+		Home:          home,
+		OutDir:        outDir,
+		AgentBinary:   agentBin,
+		Accel:         choice,
+		KeepOnFailure: *keep,
+		Sink:          view,
+		Log:           e.log,
+		Version:       Version,
+	})
+	view.Close()
+	if err != nil {
+		return err
+	}
+	if mode != progress.JSON {
+		fmt.Fprint(e.stderr, progress.Summary(view.Status()))
+		fmt.Fprintf(e.stderr, "bundle: %s\n", res.Dir)
+	}
+	return nil
+}
+
+// checkHost runs the doctor's checks and chooses the accelerator; it stops
+// with the doctor's report when something is missing.
+func checkHost(ctx context.Context, e *env, dir, arch, accelOverride string, needBuild bool) (accel.Choice, error) {
+	rep := doctor.Run(ctx, doctor.Options{Dir: dir, NeedBuild: needBuild, GuestArch: arch, Accel: accelOverride})
+	if !rep.OK() {
+		rep.Write(e.stderr)
+		return accel.Choice{}, withHint{err: fmt.Errorf("the host is missing what emu needs"), hint: "install it with: " + rep.FixCommand()}
+	}
+	if rep.Accel.Accel == "" {
+		return accel.Choice{}, fmt.Errorf("choose accelerator: none usable")
+	}
+	if rep.Accel.Accel == "tcg" && accelOverride == "" {
+		fmt.Fprintf(e.stderr, "warning: no hardware acceleration, guests run under tcg (slower): %s\n", rep.Accel.Reason)
+	}
+	return rep.Accel, nil
+}
+
+func runDoctor(ctx context.Context, e *env, args []string) error {
+	fs := newFlags(e, "doctor", "[flags]")
+	accelFlag := fs.String("accel", "", "check this accelerator: kvm, hvf or tcg")
+	arch := fs.String("arch", "", "guest architecture (default: the host's)")
+	if _, err := parse(fs, args); err != nil {
+		return err
+	}
+	home, err := store.Default()
+	if err != nil {
+		return err
+	}
+	rep := doctor.Run(ctx, doctor.Options{Dir: home.Data, NeedBuild: true, GuestArch: *arch, Accel: *accelFlag})
+	rep.Write(e.stdout)
+	if !rep.OK() {
+		return withHint{err: fmt.Errorf("the host is missing what emu needs"), hint: "install it with: " + rep.FixCommand()}
+	}
+	return nil
+}

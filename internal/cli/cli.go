@@ -1,0 +1,215 @@
+// Package cli is emu's command line: one file per verb, flags turned into
+// options, errors and hints rendered once, here.
+package cli
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+
+	"github.com/emu-dev/emu/internal/spec"
+)
+
+// Version is emu's version, set at link time.
+var Version = "dev"
+
+// Exit codes.
+const (
+	ExitOK          = 0
+	ExitFailure     = 1
+	ExitUsage       = 2 // bad flags or an invalid stack file
+	ExitInterrupted = 130
+)
+
+// env is what every verb gets.
+type env struct {
+	stdout, stderr io.Writer
+	log            *slog.Logger
+	debug          bool
+}
+
+type verb struct {
+	summary string
+	run     func(ctx context.Context, e *env, args []string) error
+}
+
+var verbs map[string]verb
+
+func init() {
+	verbs = map[string]verb{
+		"build":   {"build an image bundle from a stack file", runBuild},
+		"verify":  {"boot a bundle and check that every service becomes healthy", runVerify},
+		"doctor":  {"check the host for what emu needs", runDoctor},
+		"schema":  {"print the stack file's JSON Schema", runSchema},
+		"version": {"print emu's version", runVersion},
+	}
+}
+
+// Main runs emu with args (without the program name) and returns the exit
+// code.
+func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	e := &env{stdout: stdout, stderr: stderr}
+	var rest []string
+	for _, a := range args {
+		switch a {
+		case "--debug", "-debug":
+			e.debug = true
+		default:
+			rest = append(rest, a)
+		}
+	}
+	level := slog.LevelWarn
+	if e.debug {
+		level = slog.LevelDebug
+	}
+	e.log = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	if len(rest) == 0 || rest[0] == "help" || rest[0] == "-h" || rest[0] == "--help" {
+		usage(stdout)
+		return ExitOK
+	}
+	v, ok := verbs[rest[0]]
+	if !ok {
+		fmt.Fprintf(stderr, "emu: unknown command %q\n\n", rest[0])
+		usage(stderr)
+		return ExitUsage
+	}
+	err := v.run(ctx, e, rest[1:])
+	return e.render(err)
+}
+
+func usage(w io.Writer) {
+	fmt.Fprintln(w, "emu turns a multi-service backend stack into a local emulator image.")
+	fmt.Fprintln(w, "\nUsage: emu [--debug] COMMAND [flags]\n\nCommands:")
+	names := make([]string, 0, len(verbs))
+	for n := range verbs {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		fmt.Fprintf(w, "  %-8s %s\n", n, verbs[n].summary)
+	}
+	fmt.Fprintln(w, "\nRun emu COMMAND -h for a command's flags. Docs: docs/cli.md")
+}
+
+// usageError is a bad flag or argument.
+type usageError struct{ err error }
+
+func (u usageError) Error() string { return u.err.Error() }
+func (u usageError) Unwrap() error { return u.err }
+
+// hinted errors carry what to do next.
+type hinted interface{ HintText() string }
+
+// detailed errors carry lines a person reads below the error.
+type detailed interface{ Detail() string }
+
+// render prints err once, with its detail and hint, and returns the exit
+// code it maps to.
+func (e *env) render(err error) int {
+	if err == nil {
+		return ExitOK
+	}
+	if errors.Is(err, flag.ErrHelp) {
+		return ExitOK
+	}
+	fmt.Fprintf(e.stderr, "emu: %v\n", err)
+	var d detailed
+	if errors.As(err, &d) {
+		if s := d.Detail(); s != "" {
+			fmt.Fprint(e.stderr, s)
+		}
+	}
+	var h hinted
+	if errors.As(err, &h) && h.HintText() != "" {
+		fmt.Fprintf(e.stderr, "hint: %s\n", h.HintText())
+	}
+	var u usageError
+	switch {
+	case errors.As(err, &u), errors.Is(err, spec.ErrInvalid):
+		return ExitUsage
+	case errors.Is(err, context.Canceled):
+		return ExitInterrupted
+	}
+	return ExitFailure
+}
+
+// withHint attaches a hint to err.
+type withHint struct {
+	err  error
+	hint string
+}
+
+func (w withHint) Error() string    { return w.err.Error() }
+func (w withHint) Unwrap() error    { return w.err }
+func (w withHint) HintText() string { return w.hint }
+
+// newFlags returns a flag set for verb that reports errors as usage errors.
+func newFlags(e *env, name, args string) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(e.stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(e.stderr, "Usage: emu %s %s\n\n%s\n\nFlags:\n", name, args, verbs[name].summary)
+		fs.PrintDefaults()
+	}
+	return fs
+}
+
+// parse parses flags anywhere among args (flags may follow positionals).
+func parse(fs *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				return nil, err
+			}
+			return nil, usageError{err}
+		}
+		args = fs.Args()
+		if len(args) == 0 {
+			return pos, nil
+		}
+		pos = append(pos, args[0])
+		args = args[1:]
+	}
+}
+
+// agentBinary finds the guest agent: EMU_AGENT, or emu-agent beside emu.
+func agentBinary() (string, error) {
+	if p := os.Getenv("EMU_AGENT"); p != "" {
+		if _, err := os.Stat(p); err != nil {
+			return "", fmt.Errorf("guest agent from EMU_AGENT: %w", err)
+		}
+		return p, nil
+	}
+	exe, err := os.Executable()
+	if err == nil {
+		p := filepath.Join(filepath.Dir(exe), "emu-agent")
+		if _, err := os.Stat(p); err == nil {
+			return p, nil
+		}
+	}
+	return "", withHint{
+		err:  errors.New("guest agent emu-agent not found beside the emu binary"),
+		hint: "build both with `make` (bin/emu and bin/emu-agent), or set EMU_AGENT to the agent's path",
+	}
+}
+
+func runVersion(_ context.Context, e *env, args []string) error {
+	fmt.Fprintf(e.stdout, "emu %s\n", Version)
+	return nil
+}
+
+func runSchema(_ context.Context, e *env, args []string) error {
+	fs := newFlags(e, "schema", "")
+	if _, err := parse(fs, args); err != nil {
+		return err
+	}
+	_, err := e.stdout.Write(spec.Schema())
+	return err
+}

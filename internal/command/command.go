@@ -1,0 +1,68 @@
+// Package command runs host tools (mmdebstrap, mkfs.ext4, qemu-img, tar)
+// with a context, in their own process group, always reaped.
+package command
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"os/exec"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// Exec runs commands for real. Its zero value is ready to use.
+type Exec struct {
+	// Output, when set, receives the command's combined output as it runs.
+	Output io.Writer
+}
+
+// Run runs name with args and returns its combined output. On failure the
+// error names the command and carries the output's last lines.
+func (x Exec) Run(ctx context.Context, name string, args ...string) ([]byte, error) {
+	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	// Cancel the whole group: mmdebstrap and tar start children.
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	cmd.WaitDelay = 5 * time.Second
+	var buf bytes.Buffer
+	var w io.Writer = &buf
+	if x.Output != nil {
+		w = io.MultiWriter(&buf, x.Output)
+	}
+	cmd.Stdout, cmd.Stderr = w, w
+	err := cmd.Run()
+	if err != nil {
+		if ctx.Err() != nil {
+			return buf.Bytes(), fmt.Errorf("%s: %w", name, ctx.Err())
+		}
+		return buf.Bytes(), fmt.Errorf("%s %s: %w%s", name, strings.Join(args, " "), err, Tail(buf.Bytes(), 15))
+	}
+	return buf.Bytes(), nil
+}
+
+// Tail returns the last n lines of out, each indented on its own line, or
+// "" when out is empty.
+func Tail(out []byte, n int) string {
+	lines := LastLines(string(out), n)
+	if len(lines) == 0 {
+		return ""
+	}
+	return "\n    " + strings.Join(lines, "\n    ")
+}
+
+// LastLines returns the last n non-empty lines of s.
+func LastLines(s string, n int) []string {
+	var lines []string
+	for _, l := range strings.Split(strings.TrimRight(s, "\n"), "\n") {
+		if strings.TrimSpace(l) != "" {
+			lines = append(lines, strings.TrimRight(l, "\r"))
+		}
+	}
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return lines
+}

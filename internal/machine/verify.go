@@ -1,0 +1,212 @@
+package machine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/emu-dev/emu/internal/accel"
+	"github.com/emu-dev/emu/internal/bundle"
+	"github.com/emu-dev/emu/internal/command"
+	"github.com/emu-dev/emu/internal/disk"
+	"github.com/emu-dev/emu/internal/event"
+	"github.com/emu-dev/emu/internal/qemu"
+	"github.com/emu-dev/emu/internal/store"
+)
+
+// VerifyOptions configure a boot check of a bundle.
+type VerifyOptions struct {
+	Bundle string // the bundle directory
+	Accel  accel.Choice
+	// WorkDir holds the throwaway overlay and the logs; it is removed after.
+	WorkDir string
+	// LogDir keeps the console log of the check; "" keeps none.
+	LogDir  string
+	Timeout time.Duration
+	Sink    event.Sink
+	Log     *slog.Logger
+	QEMU    string
+}
+
+// Timings split a boot check.
+type Timings struct {
+	Start    time.Duration // QEMU started and channel connected
+	Hello    time.Duration // boot to the agent's hello
+	Services time.Duration // hello to every service healthy
+	Ready    time.Duration // total: start to ready
+	PowerOff time.Duration // shutdown request to QEMU exit
+}
+
+// VerifyError is a boot check that did not reach ready.
+type VerifyError struct {
+	Err      error
+	Service  string
+	Tail     []string
+	TailFrom string
+	Logs     []string
+}
+
+func (e *VerifyError) Error() string {
+	if e.Service != "" {
+		return fmt.Sprintf("verify: service %s: %v", e.Service, e.Err)
+	}
+	return "verify: " + e.Err.Error()
+}
+
+func (e *VerifyError) Unwrap() error { return e.Err }
+
+// Detail lists the tail and the logs.
+func (e *VerifyError) Detail() string {
+	s := ""
+	if len(e.Tail) > 0 {
+		s += fmt.Sprintf("last %d lines of %s:\n", len(e.Tail), e.TailFrom)
+		for _, l := range e.Tail {
+			s += "  | " + l + "\n"
+		}
+	}
+	for _, l := range e.Logs {
+		s += "log: " + l + "\n"
+	}
+	return s
+}
+
+// Verify boots the bundle on a throwaway overlay, waits for the agent's
+// hello and every service healthy, then powers the guest off cleanly.
+func Verify(ctx context.Context, opts VerifyOptions) (Timings, error) {
+	var t Timings
+	man, err := bundle.Read(opts.Bundle)
+	if err != nil {
+		return t, err
+	}
+	if opts.Timeout <= 0 {
+		opts.Timeout = time.Duration(float64(3*time.Minute) * max(opts.Accel.TimeoutScale, 1))
+	}
+	emit := func(e event.Event) {
+		if opts.Sink != nil {
+			opts.Sink.Emit(e)
+		}
+	}
+	if err := os.MkdirAll(opts.WorkDir, 0o755); err != nil {
+		return t, fmt.Errorf("create %s: %w", opts.WorkDir, err)
+	}
+	work, err := os.MkdirTemp(opts.WorkDir, "verify-")
+	if err != nil {
+		return t, fmt.Errorf("create verify directory: %w", err)
+	}
+	defer os.RemoveAll(work)
+	overlay := filepath.Join(work, "overlay.qcow2")
+	if err := disk.CreateOverlay(ctx, command.Exec{}, filepath.Join(opts.Bundle, store.BundleDisk), overlay); err != nil {
+		return t, err
+	}
+	logDir := opts.LogDir
+	if logDir == "" {
+		logDir = work
+	} else if err := os.MkdirAll(logDir, 0o755); err != nil {
+		return t, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, opts.Timeout)
+	defer cancel()
+
+	start := time.Now()
+	emit(event.New(event.StageStart, "boot", man.Name))
+	vm, err := Start(ctx, Config{
+		Name: "emu-verify-" + man.Name, Arch: man.Arch, VM: man.VM, Accel: opts.Accel,
+		Kernel:  filepath.Join(opts.Bundle, store.BundleKernel),
+		Initrd:  filepath.Join(opts.Bundle, store.BundleInitrd),
+		Cmdline: man.Cmdline,
+		Drive:   qemu.Drive{Path: overlay, Format: "qcow2", Discard: true, Cache: "unsafe"},
+		Serial:  filepath.Join(logDir, store.SerialLog),
+		Output:  filepath.Join(logDir, store.QEMULog),
+		QEMU:    opts.QEMU, Log: opts.Log,
+	})
+	if err != nil {
+		return t, err
+	}
+	defer vm.Stop(context.WithoutCancel(ctx), 5*time.Second)
+	t.Start = time.Since(start)
+
+	fail := func(service string, err error) error {
+		ve := &VerifyError{Err: err, Service: service}
+		if service == "" {
+			if out, rerr := os.ReadFile(vm.SerialPath); rerr == nil {
+				ve.Tail, ve.TailFrom = command.LastLines(string(out), 30), "the serial console"
+			}
+		}
+		if opts.LogDir != "" {
+			ve.Logs = []string{vm.SerialPath}
+		}
+		emit(event.New(event.Failed, service, ve.Error()))
+		return ve
+	}
+	var status event.Status
+	var helloAt time.Time
+	for !status.Ready {
+		select {
+		case e, ok := <-vm.Events:
+			if !ok {
+				return t, fail("", errors.New("the agent's channel closed before every service was healthy"))
+			}
+			status = event.Fold(status, e)
+			if !e.Kind.Terminal() {
+				emit(e)
+			}
+			switch e.Kind {
+			case event.Hello:
+				helloAt = time.Now()
+				t.Hello = helloAt.Sub(start) - t.Start
+			case event.ServiceUnhealthy:
+				ve := fail(e.Name, errors.New(e.Msg)).(*VerifyError)
+				if j := e.Fields["journal"]; j != "" {
+					ve.Tail, ve.TailFrom = command.LastLines(j, 20), "its journal"
+				}
+				return t, ve
+			case event.Failed:
+				return t, fail(e.Name, errors.New(e.Msg))
+			}
+		case <-vm.Proc.Done():
+			return t, fail("", fmt.Errorf("qemu exited before every service was healthy: %v", vm.Proc.Wait()))
+		case <-ctx.Done():
+			return t, fail(status.Running(), fmt.Errorf("not ready within %s: %w", opts.Timeout, ctx.Err()))
+		}
+	}
+	t.Ready = time.Since(start)
+	if !helloAt.IsZero() {
+		t.Services = time.Since(helloAt)
+	}
+	emit(event.New(event.StageDone, "boot", "every service healthy"))
+
+	off := time.Now()
+	if err := vm.Send(event.Request{Op: event.OpShutdown}); err != nil {
+		return t, err
+	}
+	wait := time.NewTimer(time.Duration(float64(60*time.Second) * max(opts.Accel.TimeoutScale, 1)))
+	defer wait.Stop()
+	for done := false; !done; {
+		select {
+		case e, ok := <-vm.Events:
+			if ok {
+				if !e.Kind.Terminal() {
+					emit(e)
+				}
+				continue
+			}
+			<-vm.Proc.Done()
+			done = true
+		case <-vm.Proc.Done():
+			done = true
+		case <-wait.C:
+			emit(event.New(event.Log, "", "guest did not power off in time; stopping qemu"))
+			done = true
+		case <-ctx.Done():
+			done = true
+		}
+	}
+	vm.Stop(context.WithoutCancel(ctx), 5*time.Second)
+	t.PowerOff = time.Since(off)
+	emit(event.New(event.Done, man.Name, "verified"))
+	return t, nil
+}

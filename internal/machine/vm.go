@@ -1,0 +1,171 @@
+// Package machine runs a guest: QEMU started from a pure argv, the agent's
+// event stream followed, the process always reaped.
+package machine
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"runtime"
+	"sync"
+	"time"
+
+	"github.com/emu-dev/emu/internal/accel"
+	"github.com/emu-dev/emu/internal/event"
+	"github.com/emu-dev/emu/internal/qemu"
+	"github.com/emu-dev/emu/internal/spec"
+)
+
+// Config is one guest to boot.
+type Config struct {
+	Name    string
+	Arch    string
+	VM      spec.VM
+	Accel   accel.Choice
+	Kernel  string
+	Initrd  string
+	Cmdline string
+	Drive   qemu.Drive
+	// Serial is the console log file; Output receives QEMU's own messages.
+	Serial string
+	Output string
+	// Forwards and QMP are for long-running instances.
+	Forwards []qemu.Forward
+	QMP      qemu.Socket
+	Detach   bool
+	QEMU     string
+	Log      *slog.Logger
+}
+
+// VM is a booted guest and its event stream.
+type VM struct {
+	Proc       *qemu.Process
+	SerialPath string
+	// Events delivers the agent's events; it is closed when the channel to
+	// the agent ends (QEMU exited, or the stream broke).
+	Events <-chan event.Event
+	// StreamErr is why Events closed, once it has.
+	streamErr error
+
+	conn net.Conn
+	mu   sync.Mutex
+}
+
+// Start boots the guest and connects to its agent channel. The channel is
+// a listening socket made here and handed to QEMU as a file descriptor, in
+// the abstract namespace (no path length limit, nothing left on disk), so
+// connecting needs no wait for QEMU to create anything.
+func Start(ctx context.Context, cfg Config) (*VM, error) {
+	bin := cfg.QEMU
+	if bin == "" {
+		var err error
+		if bin, err = qemu.Binary(cfg.Arch); err != nil {
+			return nil, err
+		}
+	}
+	addr := "@emu-" + randomID()
+	ln, err := net.Listen("unix", addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen on agent socket: %w", err)
+	}
+	lf, err := ln.(*net.UnixListener).File()
+	ln.Close()
+	if err != nil {
+		return nil, fmt.Errorf("agent socket: %w", err)
+	}
+	defer lf.Close()
+
+	cpus, mem := cfg.VM.CPUs, int64(cfg.VM.Memory)
+	argv, err := qemu.Args(qemu.Config{
+		Arch: cfg.Arch, Accel: cfg.Accel.Accel, CPUs: cpus, Memory: mem,
+		Kernel: cfg.Kernel, Initrd: cfg.Initrd, Append: cfg.Cmdline,
+		Drives:    []qemu.Drive{cfg.Drive},
+		SerialLog: cfg.Serial,
+		Agent:     qemu.Socket{FD: 3},
+		QMP:       cfg.QMP,
+		Forwards:  cfg.Forwards,
+		Name:      cfg.Name,
+		NoReboot:  true,
+	}, qemu.Host{OS: runtime.GOOS, Arch: runtime.GOARCH})
+	if err != nil {
+		return nil, fmt.Errorf("qemu command line: %w", err)
+	}
+	out, err := os.Create(cfg.Output)
+	if err != nil {
+		return nil, fmt.Errorf("create qemu log: %w", err)
+	}
+	defer out.Close()
+	proc, err := qemu.Start(qemu.StartOptions{
+		Binary: bin, Args: argv, ExtraFiles: []*os.File{lf}, Output: out, Detach: cfg.Detach, Log: cfg.Log,
+	})
+	if err != nil {
+		return nil, err
+	}
+	var d net.Dialer
+	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	conn, err := d.DialContext(dctx, "unix", addr)
+	cancel()
+	if err != nil {
+		proc.Stop(context.WithoutCancel(ctx), time.Second)
+		return nil, fmt.Errorf("connect to agent channel: %w", err)
+	}
+	events := make(chan event.Event, 256)
+	vm := &VM{Proc: proc, SerialPath: cfg.Serial, Events: events, conn: conn}
+	go vm.read(events)
+	return vm, nil
+}
+
+func (vm *VM) read(events chan<- event.Event) {
+	defer close(events)
+	dec := event.NewDecoder(vm.conn)
+	for {
+		e, err := dec.Decode()
+		if err != nil {
+			vm.mu.Lock()
+			vm.streamErr = err
+			vm.mu.Unlock()
+			return
+		}
+		events <- e
+	}
+}
+
+// Send writes one request to the agent.
+func (vm *VM) Send(r event.Request) error {
+	b, err := event.EncodeRequest(r)
+	if err != nil {
+		return err
+	}
+	vm.conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
+	if _, err := vm.conn.Write(b); err != nil {
+		return fmt.Errorf("send %s request to the agent: %w", r.Op, err)
+	}
+	return nil
+}
+
+// StreamErr is why the event stream ended, io.EOF for a clean close.
+func (vm *VM) StreamErr() error {
+	vm.mu.Lock()
+	defer vm.mu.Unlock()
+	return vm.streamErr
+}
+
+// Stop ends QEMU (SIGTERM, then SIGKILL after grace) and closes the channel.
+func (vm *VM) Stop(ctx context.Context, grace time.Duration) error {
+	err := vm.Proc.Stop(ctx, grace)
+	vm.conn.Close()
+	return err
+}
+
+func randomID() string {
+	b := make([]byte, 8)
+	if _, err := rand.Read(b); err != nil {
+		panic(errors.Join(errors.New("crypto/rand"), err))
+	}
+	return hex.EncodeToString(b)
+}

@@ -1,0 +1,89 @@
+// Package store names every file and directory emu keeps on the host: the
+// image store, the caches, the build work directories, the logs.
+package store
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+)
+
+// Home is emu's set of directories. EMU_HOME puts all of them under one
+// root; otherwise they follow the XDG base directory conventions.
+type Home struct {
+	Data  string // images
+	Cache string // root filesystem tarballs, probe results
+	State string // work directories, logs, instances
+}
+
+// Default returns the Home for this user.
+func Default() (Home, error) {
+	if root := os.Getenv("EMU_HOME"); root != "" {
+		abs, err := filepath.Abs(root)
+		if err != nil {
+			return Home{}, fmt.Errorf("resolve EMU_HOME %q: %w", root, err)
+		}
+		return At(abs), nil
+	}
+	home, err := os.UserHomeDir()
+	if err != nil {
+		return Home{}, fmt.Errorf("find home directory (set EMU_HOME): %w", err)
+	}
+	return Home{
+		Data:  xdg("XDG_DATA_HOME", filepath.Join(home, ".local", "share"), "emu"),
+		Cache: xdg("XDG_CACHE_HOME", filepath.Join(home, ".cache"), "emu"),
+		State: xdg("XDG_STATE_HOME", filepath.Join(home, ".local", "state"), "emu"),
+	}, nil
+}
+
+// At returns a Home with everything under root.
+func At(root string) Home {
+	return Home{
+		Data:  filepath.Join(root, "data"),
+		Cache: filepath.Join(root, "cache"),
+		State: filepath.Join(root, "state"),
+	}
+}
+
+func xdg(env, def, name string) string {
+	if v := os.Getenv(env); filepath.IsAbs(v) {
+		return filepath.Join(v, name)
+	}
+	return filepath.Join(def, name)
+}
+
+// Images is the image store: one bundle directory per stack name.
+func (h Home) Images() string { return filepath.Join(h.Data, "images") }
+
+// RootfsCache holds root filesystem tarballs by content hash.
+func (h Home) RootfsCache() string { return filepath.Join(h.Cache, "rootfs") }
+
+// AccelCache is the accelerator probe's answer.
+func (h Home) AccelCache() string { return filepath.Join(h.Cache, "accel.json") }
+
+// Work holds build work directories; each is removed when its build ends.
+func (h Home) Work() string { return filepath.Join(h.State, "work") }
+
+// BuildLogs is where the logs of stack name's builds are kept.
+func (h Home) BuildLogs(name string) string { return filepath.Join(h.State, "logs", name) }
+
+// Bundle file names.
+const (
+	BundleDisk     = "disk.qcow2"
+	BundleKernel   = "vmlinuz"
+	BundleInitrd   = "initrd.img"
+	BundleManifest = "manifest.json"
+	BundleLog      = "provision.log"
+)
+
+// Build work directory file names.
+const (
+	WorkTree     = "tree"
+	WorkDisk     = "disk.raw"
+	WorkKernel   = "vmlinuz"
+	WorkInitrd   = "initrd.img"
+	AgentSocket  = "agent.sock"
+	SerialLog    = "serial.log"
+	ProvisionLog = "provision.log"
+	QEMULog      = "qemu.log"
+)
