@@ -183,13 +183,17 @@ func (b *builder) stepFailure(e event.Event) *Error {
 }
 
 // guestGone reports QEMU or the agent's channel ending without a verdict.
+// A closed channel usually means QEMU is exiting, so it waits briefly to
+// say which.
 func (b *builder) guestGone(m *machine.VM, why string) *Error {
 	select {
 	case <-m.Proc.Done():
 	case <-time.After(3 * time.Second):
 	}
+	b.drain(m)
 	msg := why
 	if m.Proc.Exited() {
+		msg = "qemu exited before provisioning finished"
 		if err := m.Proc.Wait(); err != nil {
 			msg += " (" + err.Error() + ")"
 		}
@@ -197,6 +201,28 @@ func (b *builder) guestGone(m *machine.VM, why string) *Error {
 	be := b.consoleFailure(m, errors.New(msg))
 	be.Step = b.snapshot().Running()
 	return be
+}
+
+// drain takes the events still in flight when QEMU ended, so the failure
+// names the step that was really running.
+func (b *builder) drain(m *machine.VM) {
+	t := time.NewTimer(2 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case e, ok := <-m.Events:
+			if !ok {
+				return
+			}
+			if e.Kind.Terminal() {
+				b.record(e)
+			} else {
+				b.emit(e)
+			}
+		case <-t.C:
+			return
+		}
+	}
 }
 
 // consoleFailure is a failure explained by the serial console's last lines.
