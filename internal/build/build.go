@@ -177,7 +177,7 @@ func (b *builder) prepare() (func(error), error) {
 		return nil, &Error{Stage: "prepare", Err: fmt.Errorf("create work directory: %w", err)}
 	}
 	b.work = work
-	b.logs = filepath.Join(b.opts.Home.BuildLogs(name), time.Now().UTC().Format("20060102T150405Z"))
+	b.logs = filepath.Join(b.opts.Home.BuildLogs(name), fmt.Sprintf("%s-%d", time.Now().UTC().Format("20060102T150405Z"), os.Getpid()))
 	if err := os.MkdirAll(b.logs, 0o755); err != nil {
 		os.RemoveAll(work)
 		return nil, &Error{Stage: "prepare", Err: fmt.Errorf("create log directory: %w", err)}
@@ -242,8 +242,10 @@ func (b *builder) failure(stageName string, err error) error {
 		be.Stage = stageName
 	}
 	be.Logs = append(be.Logs, filepath.Join(b.logs, store.ProvisionLog))
-	if _, serr := os.Stat(filepath.Join(b.logs, store.SerialLog)); serr == nil {
-		be.Logs = append(be.Logs, filepath.Join(b.logs, store.SerialLog))
+	for _, f := range []string{store.SerialLog, store.QEMULog} {
+		if fi, serr := os.Stat(filepath.Join(b.logs, f)); serr == nil && fi.Size() > 0 {
+			be.Logs = append(be.Logs, filepath.Join(b.logs, f))
+		}
 	}
 	if b.opts.KeepOnFailure {
 		be.Kept = b.work

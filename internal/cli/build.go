@@ -46,7 +46,7 @@ func runBuild(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	choice, err := checkHost(ctx, e, outDir, stack.Base.Arch, *accelFlag, true)
+	choice, err := checkHost(ctx, e, home, outDir, stack.Base.Arch, *accelFlag, true)
 	if err != nil {
 		return err
 	}
@@ -80,8 +80,8 @@ func runBuild(ctx context.Context, e *env, args []string) error {
 
 // checkHost runs the doctor's checks and chooses the accelerator; it stops
 // with the doctor's report when something is missing.
-func checkHost(ctx context.Context, e *env, dir, arch, accelOverride string, needBuild bool) (accel.Choice, error) {
-	rep := doctor.Run(ctx, doctor.Options{Dir: dir, NeedBuild: needBuild, GuestArch: arch, Accel: accelOverride})
+func checkHost(ctx context.Context, e *env, home store.Home, dir, arch, accelOverride string, needBuild bool) (accel.Choice, error) {
+	rep := doctor.Run(ctx, doctorOptions(home, dir, arch, accelOverride, needBuild))
 	if !rep.OK() {
 		rep.Write(e.stderr)
 		return accel.Choice{}, withHint{err: fmt.Errorf("the host is missing what emu needs"), hint: "install it with: " + rep.FixCommand()}
@@ -106,10 +106,16 @@ func runDoctor(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	rep := doctor.Run(ctx, doctor.Options{Dir: home.Data, NeedBuild: true, GuestArch: *arch, Accel: *accelFlag})
+	rep := doctor.Run(ctx, doctorOptions(home, home.Data, *arch, *accelFlag, true))
 	rep.Write(e.stdout)
 	if !rep.OK() {
 		return withHint{err: fmt.Errorf("the host is missing what emu needs"), hint: "install it with: " + rep.FixCommand()}
 	}
 	return nil
+}
+
+// doctorOptions points the doctor's accelerator probe cache into home.
+func doctorOptions(home store.Home, dir, arch, accelOverride string, needBuild bool) doctor.Options {
+	chooser := accel.Chooser{CacheDir: filepath.Dir(home.AccelCache())}
+	return doctor.Options{Dir: dir, NeedBuild: needBuild, GuestArch: arch, Accel: accelOverride, Choose: chooser.Choose}
 }

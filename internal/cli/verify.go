@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/emu-dev/emu/internal/bundle"
 	"github.com/emu-dev/emu/internal/machine"
 	"github.com/emu-dev/emu/internal/progress"
 	"github.com/emu-dev/emu/internal/spec"
@@ -42,7 +43,11 @@ func runVerify(ctx context.Context, e *env, args []string) error {
 	if _, err := os.Stat(filepath.Join(dir, store.BundleManifest)); err != nil {
 		return withHint{err: fmt.Errorf("no bundle at %s: %w", dir, err), hint: "build it first with `emu build`"}
 	}
-	choice, err := checkHost(ctx, e, "", "", *accelFlag, false)
+	man, err := bundle.Read(dir)
+	if err != nil {
+		return err
+	}
+	choice, err := checkHost(ctx, e, home, "", man.Arch, *accelFlag, false)
 	if err != nil {
 		return err
 	}
@@ -53,7 +58,7 @@ func runVerify(ctx context.Context, e *env, args []string) error {
 	}
 	view := progress.New(w, mode)
 	t, err := machine.Verify(ctx, machine.VerifyOptions{
-		Bundle: dir, Accel: choice, WorkDir: home.Work(), LogDir: filepath.Join(home.State, "logs", "verify"),
+		Bundle: dir, Accel: choice, WorkDir: home.Work(), LogDir: home.VerifyLogs(man.Name),
 		Timeout: *timeout, Sink: view, Log: e.log,
 	})
 	view.Close()

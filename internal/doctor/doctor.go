@@ -95,8 +95,8 @@ func Run(ctx context.Context, opts Options) Report {
 	tools := []tool{
 		{name: qemuBin, debPkg: qemuDeb, brewPkg: "qemu", why: "runs guests"},
 		{name: "qemu-img", debPkg: "qemu-utils", brewPkg: "qemu", why: "creates and converts disks"},
-		{name: "zstd", debPkg: "zstd", brewPkg: "zstd", why: "compresses bundles"},
-		{name: "tar", debPkg: "tar", brewPkg: "gnu-tar", why: "packs bundles"},
+		{name: "zstd", debPkg: "zstd", brewPkg: "zstd", why: "unpacks root filesystem tarballs"},
+		{name: "tar", debPkg: "tar", brewPkg: "gnu-tar", why: "unpacks root filesystem tarballs"},
 		{name: "mmdebstrap", debPkg: "mmdebstrap", why: "builds Debian root trees", build: true},
 		{name: "mkfs.ext4", debPkg: "e2fsprogs", brewPkg: "e2fsprogs", why: "makes the root filesystem", build: true},
 	}

@@ -124,6 +124,7 @@ func Verify(ctx context.Context, opts VerifyOptions) (Timings, error) {
 		QEMU:    opts.QEMU, Log: opts.Log,
 	})
 	if err != nil {
+		emit(event.New(event.Failed, "", err.Error()))
 		return t, err
 	}
 	defer vm.Stop(context.WithoutCancel(ctx), 5*time.Second)
@@ -181,6 +182,7 @@ func Verify(ctx context.Context, opts VerifyOptions) (Timings, error) {
 
 	off := time.Now()
 	if err := vm.Send(event.Request{Op: event.OpShutdown}); err != nil {
+		emit(event.New(event.Failed, "", err.Error()))
 		return t, err
 	}
 	wait := time.NewTimer(time.Duration(float64(60*time.Second) * max(opts.Accel.TimeoutScale, 1)))

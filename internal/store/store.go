@@ -65,7 +65,10 @@ func (h Home) AccelCache() string { return filepath.Join(h.Cache, "accel.json") 
 func (h Home) Work() string { return filepath.Join(h.State, "work") }
 
 // BuildLogs is where the logs of stack name's builds are kept.
-func (h Home) BuildLogs(name string) string { return filepath.Join(h.State, "logs", name) }
+func (h Home) BuildLogs(name string) string { return filepath.Join(h.State, "logs", "build", name) }
+
+// VerifyLogs is where the console log of stack name's last boot check is kept.
+func (h Home) VerifyLogs(name string) string { return filepath.Join(h.State, "logs", "verify", name) }
 
 // Bundle file names.
 const (

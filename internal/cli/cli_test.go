@@ -1,0 +1,94 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func run(t *testing.T, args ...string) (string, string, int) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	code := Main(context.Background(), args, &out, &errb)
+	return out.String(), errb.String(), code
+}
+
+func TestExitCodes(t *testing.T) {
+	dir := t.TempDir()
+	bad := filepath.Join(dir, "emu.yaml")
+	os.WriteFile(bad, []byte("name: Bad_Name\nservices:\n  api:\n    helth: {tcp: 1}\n"), 0o644)
+	tests := []struct {
+		name   string
+		args   []string
+		code   int
+		stderr []string
+		stdout string
+	}{
+		{"help", []string{"--help"}, ExitOK, nil, "Commands:"},
+		{"unknown command", []string{"frobnicate"}, ExitUsage, []string{`unknown command "frobnicate"`}, ""},
+		{"bad flag", []string{"build", "--nope"}, ExitUsage, []string{"flag provided but not defined: -nope"}, ""},
+		{"stray argument", []string{"build", "extra"}, ExitUsage, []string{"build takes no arguments"}, ""},
+		{"missing stack file", []string{"build", "-f", filepath.Join(dir, "none.yaml")}, ExitUsage, []string{"none.yaml", "-f FILE"}, ""},
+		{"invalid stack file", []string{"build", "-f", bad}, ExitUsage, []string{"emu.yaml:4", "helth"}, ""},
+		{"verify without bundle", []string{"verify", filepath.Join(dir, "nothing")}, ExitFailure, []string{"no bundle at", "hint: build it first"}, ""},
+		{"version", []string{"version"}, ExitOK, nil, "emu "},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Setenv("EMU_HOME", t.TempDir())
+			out, errs, code := run(t, tt.args...)
+			if code != tt.code {
+				t.Errorf("exit code = %d, want %d; stderr:\n%s", code, tt.code, errs)
+			}
+			for _, s := range tt.stderr {
+				if !strings.Contains(errs, s) {
+					t.Errorf("stderr lacks %q:\n%s", s, errs)
+				}
+			}
+			if tt.stdout != "" && !strings.Contains(out, tt.stdout) {
+				t.Errorf("stdout lacks %q:\n%s", tt.stdout, out)
+			}
+			if n := strings.Count(errs, "emu: "); n > 1 {
+				t.Errorf("error rendered %d times:\n%s", n, errs)
+			}
+		})
+	}
+}
+
+func TestSchemaIsJSON(t *testing.T) {
+	out, _, code := run(t, "schema")
+	if code != ExitOK {
+		t.Fatalf("exit %d", code)
+	}
+	var v map[string]any
+	if err := json.Unmarshal([]byte(out), &v); err != nil {
+		t.Fatalf("schema is not JSON: %v", err)
+	}
+}
+
+func TestAgentBinaryFromEnv(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "emu-agent")
+	os.WriteFile(p, []byte("x"), 0o755)
+	t.Setenv("EMU_AGENT", p)
+	got, err := agentBinary()
+	if err != nil || got != p {
+		t.Errorf("agentBinary() = %q, %v; want %q", got, err, p)
+	}
+	t.Setenv("EMU_AGENT", p+".missing")
+	if _, err := agentBinary(); err == nil {
+		t.Errorf("agentBinary() with a missing EMU_AGENT: no error")
+	}
+}
+
+func TestParseInterspersed(t *testing.T) {
+	fs := newFlags(&env{stderr: &bytes.Buffer{}}, "verify", "")
+	j := fs.Bool("json", false, "")
+	pos, err := parse(fs, []string{"dir", "--json"})
+	if err != nil || !*j || len(pos) != 1 || pos[0] != "dir" {
+		t.Errorf("parse = %v, %v, json=%v", pos, err, *j)
+	}
+}
