@@ -38,7 +38,10 @@ type Options struct {
 	PowerOff func() error
 	// Roots to trim after the bake; default "/".
 	TrimPaths []string
-	Version   string
+	// SlimDefaults are the globs removed after every bake besides the
+	// request's own; nil means DefaultSlim. Tests point it at a temp dir.
+	SlimDefaults []string
+	Version      string
 }
 
 // Agent is one running agent.
@@ -51,6 +54,9 @@ type Agent struct {
 	status event.Status
 	// replay holds the latest event per service, re-sent on OpStatus.
 	replay map[string]event.Event
+	// closed is set when out is closed: the request reader and the service
+	// goroutines can outlive Start, and what they emit then is dropped.
+	closed bool
 }
 
 // outBuffer bounds the events queued for the host; when the host is not
@@ -66,6 +72,9 @@ func Start(ctx context.Context, opts Options) error {
 	}
 	if len(opts.TrimPaths) == 0 {
 		opts.TrimPaths = []string{"/"}
+	}
+	if opts.SlimDefaults == nil {
+		opts.SlimDefaults = DefaultSlim
 	}
 	a := &Agent{
 		opts:    opts,
@@ -90,7 +99,10 @@ func Start(ctx context.Context, opts Options) error {
 		err = fmt.Errorf("unknown agent mode %q", opts.Mode)
 		a.emit(event.New(event.Failed, "", err.Error()))
 	}
+	a.mu.Lock()
+	a.closed = true
 	close(a.out)
+	a.mu.Unlock()
 	select {
 	case <-a.flushed:
 	case <-time.After(5 * time.Second):
@@ -104,13 +116,18 @@ func Start(ctx context.Context, opts Options) error {
 }
 
 func (a *Agent) emit(e event.Event) {
+	// The lock is held through the send, which never blocks, so that out
+	// cannot be closed in between.
 	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.closed {
+		return
+	}
 	a.status = event.Fold(a.status, e)
 	switch e.Kind {
 	case event.ServiceStarting, event.ServiceHealthy, event.ServiceUnhealthy:
 		a.replay[e.Name] = e
 	}
-	a.mu.Unlock()
 	if a.opts.Console != nil {
 		fmt.Fprintf(a.opts.Console, "emu-agent: %s\n", e)
 	}

@@ -25,12 +25,13 @@ var DefaultSlim = []string{
 	"/var/cache/debconf/*-old",
 }
 
-// slim stops the services, removes the given paths and the default ones,
-// and discards the freed blocks so the host's disk file keeps no stale data.
+// slim stops the services, removes the given paths and the default ones
+// (Options.SlimDefaults, which Start sets), and discards the freed blocks so
+// the host's disk file keeps no stale data.
 func (a *Agent) slim(ctx context.Context, paths []string) (map[string]string, error) {
 	a.stopServices(ctx)
 	removed := 0
-	for _, pattern := range append(append([]string(nil), paths...), DefaultSlim...) {
+	for _, pattern := range append(append([]string(nil), paths...), a.opts.SlimDefaults...) {
 		matches, err := filepath.Glob(pattern)
 		if err != nil {
 			return nil, fmt.Errorf("slim: bad pattern %q: %w", pattern, err)

@@ -152,7 +152,7 @@ func serviceUnit(s *spec.Stack, name string, svc spec.Service) string {
 	}
 	sort.Strings(keys)
 	for _, k := range keys {
-		fmt.Fprintf(&b, "Environment=%s\n", quote(k+"="+svc.Env[k]))
+		fmt.Fprintf(&b, "Environment=%s\n", quoteEnv(k+"="+svc.Env[k]))
 	}
 	// Runtime settings from `emu up` land here; they override the above.
 	b.WriteString("EnvironmentFile=-/run/emu/env\n")
@@ -173,13 +173,20 @@ func execLine(argv []string) string {
 	return strings.Join(q, " ")
 }
 
+// quote quotes one ExecStart= word.
 func quote(s string) string {
+	return quoteEnv(strings.ReplaceAll(s, "$", "$$"))
+}
+
+// quoteEnv quotes one Environment= assignment. There systemd expands % but
+// not $, so a "$" stays single; a line break is escaped, as it would end
+// the unit file's line.
+func quoteEnv(s string) string {
 	s = strings.ReplaceAll(s, "%", "%%")
-	s = strings.ReplaceAll(s, "$", "$$")
-	if s != "" && !strings.ContainsAny(s, " \t\"'\\;") {
+	if s != "" && !strings.ContainsAny(s, " \t\n\r\"'\\;") {
 		return s
 	}
-	r := strings.NewReplacer(`\`, `\\`, `"`, `\"`)
+	r := strings.NewReplacer(`\`, `\\`, `"`, `\"`, "\n", `\n`, "\r", `\r`)
 	return `"` + r.Replace(s) + `"`
 }
 

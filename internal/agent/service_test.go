@@ -1,0 +1,331 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/emu-dev/emu/internal/event"
+)
+
+// listen returns a TCP port on 127.0.0.1 that accepts connections.
+func listen(t *testing.T) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// closedPort returns a port on 127.0.0.1 nothing listens on.
+func closedPort(t *testing.T) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	return port
+}
+
+// httpPort serves /ok with 200 and /down with 503, and returns the port.
+func httpPort(t *testing.T) int {
+	t.Helper()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/ok":
+			w.WriteHeader(http.StatusOK)
+		case "/down":
+			w.WriteHeader(http.StatusServiceUnavailable)
+		default:
+			http.NotFound(w, r)
+		}
+	}))
+	t.Cleanup(srv.Close)
+	u, err := url.Parse(srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	port, err := strconv.Atoi(u.Port())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return port
+}
+
+func TestProbe(t *testing.T) {
+	open, closed, web := listen(t), closedPort(t), httpPort(t)
+	for _, tc := range []struct {
+		name    string
+		h       Health
+		wantErr string // "" for success, else a substring
+	}{
+		{"tcp open", Health{TCP: open}, ""},
+		{"tcp closed", Health{TCP: closed}, "connection refused"},
+		{"http 200", Health{HTTPPort: web, HTTPPath: "/ok"}, ""},
+		{"http 200 explicit", Health{HTTPPort: web, HTTPPath: "/ok", HTTPStatus: 200}, ""},
+		{"http 503", Health{HTTPPort: web, HTTPPath: "/down"}, "status 503, want 200"},
+		{"http 503 wanted", Health{HTTPPort: web, HTTPPath: "/down", HTTPStatus: 503}, ""},
+		{"http wrong status", Health{HTTPPort: web, HTTPPath: "/ok", HTTPStatus: 204}, "/ok: status 200, want 204"},
+		{"http not found", Health{HTTPPort: web, HTTPPath: "/missing"}, "status 404, want 200"},
+		{"http refused", Health{HTTPPort: closed, HTTPPath: "/"}, "connection refused"},
+		{"exec true", Health{Exec: []string{"true"}}, ""},
+		{"exec false", Health{Exec: []string{"false"}}, "false: exit status 1"},
+		{"exec output in error", Health{Exec: []string{"/bin/sh", "-c", "echo not ready yet; exit 2"}}, "exit status 2: not ready yet"},
+		{"exec missing", Health{Exec: []string{"/nonexistent/probe"}}, "/nonexistent/probe"},
+		{"none", Health{}, "no health check"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := probe(context.Background(), tc.h)
+			switch {
+			case tc.wantErr == "" && err != nil:
+				t.Errorf("probe = %v, want success", err)
+			case tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)):
+				t.Errorf("probe = %v, want an error containing %q", err, tc.wantErr)
+			}
+		})
+	}
+}
+
+func TestProbeExecOutputTrimmed(t *testing.T) {
+	err := probe(context.Background(), Health{Exec: []string{"/bin/sh", "-c", "head -c 1000 /dev/zero | tr '\\0' y; echo END; exit 1"}})
+	if err == nil {
+		t.Fatal("probe succeeded")
+	}
+	if !strings.HasSuffix(err.Error(), "yEND") || len(err.Error()) > 400 {
+		t.Errorf("probe error = %q (%d bytes), want the output's last 200 bytes", err, len(err.Error()))
+	}
+}
+
+func TestProbeBoundedByItsOwnTimeout(t *testing.T) {
+	begin := time.Now()
+	err := probe(context.Background(), Health{Exec: []string{"sleep", "30"}})
+	if err == nil {
+		t.Fatal("probe of sleep 30 succeeded")
+	}
+	if took := time.Since(begin); took > wait {
+		t.Errorf("one probe took %s; it should give up after about 2s", took)
+	}
+}
+
+func TestServiceUnitFailed(t *testing.T) {
+	sys := &fakeSystem{failed: map[string]bool{"bad.service": true}, journal: "bad: segmentation fault"}
+	cfg := Config{Services: []Service{
+		// A long timeout: the unit's failure, not the timeout, must end the wait.
+		{Name: "bad", Unit: "bad.service", Health: Health{Exec: []string{"false"}, Timeout: time.Hour}},
+	}}
+	begin := time.Now()
+	h, events := provision(t, Options{Config: cfg, System: sys}, event.Request{Services: []string{"bad"}})
+	if took := time.Since(begin); took > wait {
+		t.Errorf("a failed unit took %s to report", took)
+	}
+	want := []string{
+		"hello",
+		"stage.start services",
+		"service.starting bad",
+		"service.unhealthy bad",
+		"stage.failed services",
+		"failed bad",
+	}
+	if diff := cmp.Diff(want, summary(events)); diff != "" {
+		t.Errorf("events (-want +got):\n%s", diff)
+	}
+	un, _ := find(events, event.ServiceUnhealthy, "bad")
+	if !strings.HasPrefix(un.Msg, "unit bad.service failed; last probe: false: exit status 1") {
+		t.Errorf("service.unhealthy msg = %q", un.Msg)
+	}
+	if got, want := un.Fields["journal"], "bad: segmentation fault (bad.service, 20 lines)"; got != want {
+		t.Errorf("journal field = %q, want %q", got, want)
+	}
+	err := h.result()
+	var se *ServiceError
+	if !errors.As(err, &se) || se.Service != "bad" || se.Journal == "" {
+		t.Errorf("Start error = %#v, want a ServiceError for bad with its journal", err)
+	}
+}
+
+func TestServiceStartError(t *testing.T) {
+	sys := &fakeSystem{startErr: map[string]error{"db.service": errors.New("unit db.service not found")}}
+	cfg := Config{Services: []Service{{Name: "db", Unit: "db.service", Health: Health{Exec: []string{"true"}}}}}
+	h, events := provision(t, Options{Config: cfg, System: sys}, event.Request{Services: []string{"db"}})
+	un, ok := find(events, event.ServiceUnhealthy, "db")
+	if !ok || un.Msg != "unit db.service not found" {
+		t.Errorf("service.unhealthy = %s, want the start error:\n%s", un, dump(events))
+	}
+	if _, ok := un.Fields["journal"]; ok {
+		t.Errorf("journal field set from an empty journal: %v", un.Fields)
+	}
+	if _, ok := find(events, event.Failed, "db"); !ok {
+		t.Errorf("no failed event naming db:\n%s", dump(events))
+	}
+	if h.result() == nil {
+		t.Error("Start returned nil")
+	}
+}
+
+func TestServiceNeverHealthy(t *testing.T) {
+	cfg := Config{Stack: "demo", Services: []Service{
+		{Name: "db", Unit: "db.service", Health: Health{Exec: []string{"true"}}},
+		{Name: "slow", Unit: "slow.service", After: []string{"db"}, Health: Health{TCP: closedPort(t), Timeout: 500 * time.Millisecond}},
+		{Name: "never", Unit: "never.service", After: []string{"slow"}, Health: Health{Exec: []string{"true"}}},
+	}}
+	h := startAgent(t, Options{Config: cfg, Mode: Run})
+	un := h.next(event.ServiceUnhealthy, "slow")
+	if !strings.HasPrefix(un.Msg, "no success within 500ms; last probe: ") || !strings.Contains(un.Msg, "connection refused") {
+		t.Errorf("service.unhealthy msg = %q", un.Msg)
+	}
+	f := h.next(event.Failed, "slow")
+	if !strings.Contains(f.Msg, "service slow did not become healthy") {
+		t.Errorf("failed msg = %q", f.Msg)
+	}
+	// The agent stays up for the host to ask for a shutdown.
+	h.send(event.Request{Op: event.OpShutdown})
+	h.next(event.Done, "")
+	if err := h.result(); err != nil {
+		t.Errorf("Start after shutdown = %v, want nil", err)
+	}
+	for _, e := range h.got {
+		if e.Name == "never" || e.Kind == event.Ready {
+			t.Errorf("unexpected %s after a dependency failed", e)
+		}
+	}
+}
+
+func TestRunMode(t *testing.T) {
+	sys := &fakeSystem{}
+	cfg := Config{Stack: "demo", Services: []Service{
+		{Name: "db", Unit: "postgresql.service", Health: Health{TCP: listen(t)}},
+		{Name: "api", Unit: "emu-api.service", After: []string{"db"}, Health: Health{HTTPPort: httpPort(t), HTTPPath: "/ok"}, Ports: []string{"http=8080"}},
+		{Name: "worker", Unit: "emu-worker.service", After: []string{"api"}, Health: Health{Exec: []string{"true"}}},
+	}}
+	h := startAgent(t, Options{Config: cfg, Mode: Run, System: sys})
+	h.next(event.Ready, "")
+	want := []string{
+		"hello demo",
+		"service.starting db", "service.healthy db",
+		"service.starting api", "service.healthy api",
+		"service.starting worker", "service.healthy worker",
+		"ready",
+	}
+	if diff := cmp.Diff(want, summary(h.got)); diff != "" {
+		t.Errorf("events up to ready (-want +got):\n%s", diff)
+	}
+	hello := h.got[0]
+
+	// Requests a run-mode agent does not serve are logged, not fatal.
+	h.send(event.Request{Op: event.OpProvision})
+	if l := h.next(event.Log, ""); !strings.Contains(l.Msg, "ignoring provision request in run mode") {
+		t.Errorf("log = %q", l.Msg)
+	}
+
+	h.got = nil
+	h.send(event.Request{Op: event.OpStatus})
+	h.next(event.Ready, "")
+	want = []string{"hello demo", "service.healthy db", "service.healthy api", "service.healthy worker", "ready"}
+	if diff := cmp.Diff(want, summary(h.got)); diff != "" {
+		t.Errorf("status replay (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff(hello, h.got[0]); diff != "" {
+		t.Errorf("replayed hello differs from the first (-first +replayed):\n%s", diff)
+	}
+	if got := h.got[2].Fields["ports"]; got != "http=8080" {
+		t.Errorf("replayed api fields = %v, want its ports", h.got[2].Fields)
+	}
+
+	h.send(event.Request{Op: event.OpShutdown})
+	if d := h.next(event.Done, ""); d.Msg != "shutting down" {
+		t.Errorf("done msg = %q", d.Msg)
+	}
+	if err := h.result(); err != nil {
+		t.Errorf("Start after shutdown = %v, want nil", err)
+	}
+	wantCalls := []string{
+		"start postgresql.service", "start emu-api.service", "start emu-worker.service",
+		"stop emu-worker.service", "stop emu-api.service", "stop postgresql.service",
+	}
+	if diff := cmp.Diff(wantCalls, sys.Calls()); diff != "" {
+		t.Errorf("init system calls (-want +got):\n%s", diff)
+	}
+	if n := h.power.n.Load(); n != 1 {
+		t.Errorf("powered off %d times, want 1", n)
+	}
+}
+
+func TestRunModeIndependentServicesStartTogether(t *testing.T) {
+	// a and b are independent and a is slow: b must not wait for it.
+	slowPort := closedPort(t)
+	cfg := Config{Services: []Service{
+		{Name: "a", Unit: "a.service", Health: Health{TCP: slowPort, Timeout: time.Hour}},
+		{Name: "b", Unit: "b.service", Health: Health{Exec: []string{"true"}}},
+	}}
+	h := startAgent(t, Options{Config: cfg, Mode: Run})
+	h.next(event.ServiceHealthy, "b")
+	if _, ok := find(h.got, event.ServiceHealthy, "a"); ok {
+		t.Fatal("a became healthy with nothing listening")
+	}
+	ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(slowPort)))
+	if err != nil {
+		t.Skipf("port %d taken again: %v", slowPort, err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	h.next(event.ServiceHealthy, "a")
+	h.next(event.Ready, "")
+}
+
+func TestRunModeNoServices(t *testing.T) {
+	h := startAgent(t, Options{Config: Config{Stack: "empty"}, Mode: Run})
+	h.next(event.Ready, "")
+	h.send(event.Request{Op: event.OpStatus})
+	h.next(event.Hello, "")
+	h.next(event.Ready, "")
+	h.send(event.Request{Op: event.OpShutdown})
+	h.next(event.Done, "")
+	if err := h.result(); err != nil {
+		t.Errorf("Start = %v", err)
+	}
+	if calls := h.sys.Calls(); len(calls) != 0 {
+		t.Errorf("init system calls = %v, want none", calls)
+	}
+}
+
+func TestRunModeCanceled(t *testing.T) {
+	h := startAgent(t, Options{Mode: Run})
+	h.next(event.Ready, "")
+	h.cancel()
+	if err := h.result(); !errors.Is(err, context.Canceled) {
+		t.Errorf("Start = %v, want context.Canceled", err)
+	}
+	if n := h.power.n.Load(); n != 0 {
+		t.Errorf("powered off %d times after the context ended, want 0", n)
+	}
+}
