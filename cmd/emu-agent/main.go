@@ -56,6 +56,7 @@ func run(ctx context.Context) error {
 	}
 	if _, err := os.Stat("/run/systemd/system"); err == nil {
 		opts.System = agent.Systemd{}
+		opts.Setup = agent.SetupRuntime
 	}
 	return agent.Start(ctx, opts)
 }

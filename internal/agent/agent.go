@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -38,6 +39,9 @@ type Options struct {
 	PowerOff func() error
 	// Roots to trim after the bake; default "/".
 	TrimPaths []string
+	// Setup runs in run mode before the services start: the runtime
+	// config and the network (SetupRuntime). nil skips it.
+	Setup func(ctx context.Context) error
 	// SlimDefaults are the globs removed after every bake besides the
 	// request's own; nil means DefaultSlim. Tests point it at a temp dir.
 	SlimDefaults []string
@@ -255,6 +259,11 @@ func (a *Agent) serve(ctx context.Context, reqs <-chan event.Request) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	go func() {
+		if a.opts.Setup != nil {
+			if err := a.opts.Setup(ctx); err != nil {
+				a.emit(event.New(event.Log, "", "runtime setup: "+err.Error()))
+			}
+		}
 		if err := a.startServices(ctx, a.opts.Config.Services); err != nil {
 			if ctx.Err() == nil {
 				a.fail(failedName(err), err)
@@ -274,6 +283,8 @@ func (a *Agent) serve(ctx context.Context, reqs <-chan event.Request) error {
 		switch req.Op {
 		case event.OpStatus:
 			a.replayStatus()
+		case event.OpLogs:
+			a.sendJournal(ctx, req.Service, req.Lines)
 		case event.OpShutdown:
 			cancel()
 			a.stopServices(context.Background())
@@ -337,4 +348,33 @@ func failedName(err error) string {
 		return se.Service
 	}
 	return ""
+}
+
+// sendJournal answers OpLogs with the service's journal, one log event a
+// line, the last marked "end".
+func (a *Agent) sendJournal(ctx context.Context, name string, lines int) {
+	end := event.New(event.Log, name, "").With("end", "true")
+	var unit string
+	for _, s := range a.opts.Config.Services {
+		if s.Name == name {
+			unit = s.Unit
+		}
+	}
+	switch {
+	case unit == "":
+		a.emit(end.With("error", fmt.Sprintf("no service %q", name)))
+		return
+	case a.opts.System == nil:
+		a.emit(end.With("error", "no journal in this guest"))
+		return
+	}
+	if lines <= 0 {
+		lines = 200
+	}
+	jctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	for _, l := range strings.Split(a.opts.System.Journal(jctx, unit, lines), "\n") {
+		a.emit(event.New(event.Log, name, l))
+	}
+	a.emit(end)
 }

@@ -418,9 +418,9 @@ func TestErrorMessages(t *testing.T) {
 		err  error
 		want string
 	}{
-		{&StepError{Step: "seed", Code: 3, Err: inner}, "step seed: exited with code 3"},
-		{&StepError{Step: "seed", Code: -1, TimedOut: true, Err: inner}, "step seed: timed out and was killed"},
-		{&StepError{Step: "seed", Code: -1, Err: inner}, "step seed: boom"},
+		{&StepError{Step: "seed", Code: 3, Err: inner}, "exited with code 3"},
+		{&StepError{Step: "seed", Code: -1, TimedOut: true, Timeout: 3 * time.Second, Err: inner}, "timed out after 3s and was killed"},
+		{&StepError{Step: "seed", Code: -1, Err: inner}, "boom"},
 		{&ServiceError{Service: "api", Probe: "refused"}, "service api did not become healthy: refused"},
 	} {
 		if got := tc.err.Error(); got != tc.want {

@@ -23,6 +23,16 @@ var DefaultSlim = []string{
 	"/tmp/*",
 	"/var/tmp/*",
 	"/var/cache/debconf/*-old",
+	// Documentation and translations: an emulator image has no reader for
+	// them (the reference left 80 MB of these in).
+	"/usr/share/doc/*",
+	"/usr/share/man/*",
+	"/usr/share/info/*",
+	"/usr/share/locale/*",
+	"/usr/share/lintian/*",
+	// The bake's journal: step output must not stay in the image. Only the
+	// files; the directory keeps the journal persistent at run time.
+	"/var/log/journal/*/*",
 }
 
 // slim stops the services, removes the given paths and the default ones
@@ -30,6 +40,13 @@ var DefaultSlim = []string{
 // the host's disk file keeps no stale data.
 func (a *Agent) slim(ctx context.Context, paths []string) (map[string]string, error) {
 	a.stopServices(ctx)
+	if a.opts.System != nil {
+		// journald moves to /run for the rest of this boot, so the
+		// journal files below can go and nothing writes them again.
+		if err := run(ctx, "journalctl", "--relinquish-var"); err != nil {
+			a.emit(event.New(event.Log, "slim", err.Error()))
+		}
+	}
 	removed := 0
 	for _, pattern := range append(append([]string(nil), paths...), a.opts.SlimDefaults...) {
 		matches, err := filepath.Glob(pattern)

@@ -32,17 +32,19 @@ type StepError struct {
 	Step     string
 	Code     int // exit code; -1 when killed or never started
 	TimedOut bool
+	Timeout  time.Duration
 	Err      error
 }
 
 func (e *StepError) Error() string {
+	// The step's name travels beside the message (the event's name).
 	switch {
 	case e.TimedOut:
-		return fmt.Sprintf("step %s: timed out and was killed", e.Step)
+		return fmt.Sprintf("timed out after %s and was killed", e.Timeout)
 	case e.Code >= 0:
-		return fmt.Sprintf("step %s: exited with code %d", e.Step, e.Code)
+		return fmt.Sprintf("exited with code %d", e.Code)
 	}
-	return fmt.Sprintf("step %s: %v", e.Step, e.Err)
+	return e.Err.Error()
 }
 
 func (e *StepError) Unwrap() error { return e.Err }
@@ -131,7 +133,7 @@ func (a *Agent) execStep(ctx context.Context, st event.Step) (int, error) {
 		return 0, nil
 	}
 	if ctx.Err() != nil && errors.Is(ctx.Err(), context.DeadlineExceeded) {
-		return -1, &StepError{Step: st.Name, Code: -1, TimedOut: true, Err: fmt.Errorf("after %s: %w", st.Timeout, ctx.Err())}
+		return -1, &StepError{Step: st.Name, Code: -1, TimedOut: true, Timeout: st.Timeout, Err: ctx.Err()}
 	}
 	var ee *exec.ExitError
 	if errors.As(err, &ee) && ee.ExitCode() >= 0 {

@@ -161,7 +161,7 @@ func TestProvisionStepFails(t *testing.T) {
 	if e, _ := find(events, event.StepFailed, "first"); e.Code == nil || *e.Code != 3 {
 		t.Errorf("step.failed code = %v, want 3", e.Code)
 	}
-	if f, _ := find(events, event.Failed, "first"); f.Msg != "step first: exited with code 3" {
+	if f, _ := find(events, event.Failed, "first"); f.Msg != "exited with code 3" {
 		t.Errorf("failed msg = %q", f.Msg)
 	}
 	err := h.result()
@@ -267,9 +267,9 @@ func TestStepErrors(t *testing.T) {
 		step event.Step
 		want string
 	}{
-		{"empty command", event.Step{Name: "e", Dir: dir}, "step e: empty command"},
-		{"missing binary", event.Step{Name: "m", Run: []string{filepath.Join(dir, "nope")}, Dir: dir}, "step m: start " + filepath.Join(dir, "nope")},
-		{"unknown user", event.Step{Name: "u", Run: []string{"true"}, User: "emu-no-such-user", Dir: dir}, "step u: look up user emu-no-such-user"},
+		{"empty command", event.Step{Name: "e", Dir: dir}, "empty command"},
+		{"missing binary", event.Step{Name: "m", Run: []string{filepath.Join(dir, "nope")}, Dir: dir}, "start " + filepath.Join(dir, "nope")},
+		{"unknown user", event.Step{Name: "u", Run: []string{"true"}, User: "emu-no-such-user", Dir: dir}, "look up user emu-no-such-user"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			h, events := provision(t, Options{}, event.Request{Steps: []event.Step{tc.step}})

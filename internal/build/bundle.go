@@ -56,7 +56,11 @@ func (b *builder) compress(ctx context.Context) (map[string]string, error) {
 		return nil, fmt.Errorf("create %s: %w", b.staged, err)
 	}
 	dst := filepath.Join(b.staged, store.BundleDisk)
-	if err := disk.Compress(ctx, b.opts.Runner, filepath.Join(b.work, store.WorkDisk), dst, disk.Zstd); err != nil {
+	raw := filepath.Join(b.work, store.WorkDisk)
+	if err := disk.AddJournal(ctx, b.opts.Runner, raw); err != nil {
+		return nil, err
+	}
+	if err := disk.Compress(ctx, b.opts.Runner, raw, dst, disk.Zstd); err != nil {
 		return nil, err
 	}
 	fi, err := os.Stat(dst)

@@ -42,40 +42,56 @@ func runBuild(ctx context.Context, e *env, args []string) error {
 			return usageError{fmt.Errorf("--out %s: %w", *out, err)}
 		}
 	}
+	_, err = buildStack(ctx, e, buildRequest{stack: stack, home: home, outDir: outDir, keep: *keep, json: *jsonOut, accel: *accelFlag})
+	return err
+}
+
+type buildRequest struct {
+	stack  *spec.Stack
+	home   store.Home
+	outDir string
+	keep   bool
+	json   bool
+	accel  string
+}
+
+// buildStack checks the host and runs the build with progress; emu build
+// and emu up (when the bundle is missing or stale) share it.
+func buildStack(ctx context.Context, e *env, r buildRequest) (*build.Result, error) {
 	agentBin, err := agentBinary()
 	if err != nil {
-		return err
+		return nil, err
 	}
-	choice, err := checkHost(ctx, e, home, outDir, stack.Base.Arch, *accelFlag, true)
+	choice, err := checkHost(ctx, e, r.home, r.outDir, r.stack.Base.Arch, r.accel, true)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	mode := progress.Detect(os.Stderr, *jsonOut)
+	mode := progress.Detect(os.Stderr, r.json)
 	w := e.stderr
 	if mode == progress.JSON {
 		w = e.stdout
 	}
 	view := progress.New(w, mode, progress.WithStages(build.Stages...))
 	res, err := build.Build(ctx, build.Options{
-		Stack:         stack,
-		Home:          home,
-		OutDir:        outDir,
+		Stack:         r.stack,
+		Home:          r.home,
+		OutDir:        r.outDir,
 		AgentBinary:   agentBin,
 		Accel:         choice,
-		KeepOnFailure: *keep,
+		KeepOnFailure: r.keep,
 		Sink:          view,
 		Log:           e.log,
 		Version:       Version,
 	})
 	view.Close()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if mode != progress.JSON {
 		fmt.Fprint(e.stderr, progress.Summary(view.Status()))
 		fmt.Fprintf(e.stderr, "bundle: %s\n", res.Dir)
 	}
-	return nil
+	return res, nil
 }
 
 // checkHost runs the doctor's checks and chooses the accelerator; it stops

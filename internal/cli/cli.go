@@ -45,6 +45,11 @@ func init() {
 	verbs = map[string]verb{
 		"build":   {"build an image bundle from a stack file", runBuild},
 		"verify":  {"boot a bundle and check that every service becomes healthy", runVerify},
+		"up":      {"start the stack locally; return once every service is healthy", runUp},
+		"down":    {"stop the instance cleanly; its data is kept", runDown},
+		"status":  {"show instances: running or not, services, ports", runStatus},
+		"logs":    {"show the console log, or a service's journal", runLogs},
+		"reset":   {"stop the instance and delete its data; the image is kept", runReset},
 		"doctor":  {"check the host for what emu needs", runDoctor},
 		"schema":  {"print the stack file's JSON Schema", runSchema},
 		"version": {"print emu's version", runVersion},

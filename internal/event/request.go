@@ -16,6 +16,9 @@ const (
 	OpShutdown Op = "shutdown"
 	// OpStatus asks the agent to replay the services' current state.
 	OpStatus Op = "status"
+	// OpLogs asks for a service's journal: log events named after the
+	// service, the last one with the field "end".
+	OpLogs Op = "logs"
 )
 
 // Request is one host-to-guest line. Bake steps travel this way, not on the
@@ -26,6 +29,9 @@ type Request struct {
 	// Services names the services to start before the bake steps run; the
 	// others stay stopped (they usually need what the bake makes).
 	Services []string `json:"services,omitempty"`
+	// Service and Lines select a journal (OpLogs).
+	Service string `json:"service,omitempty"`
+	Lines   int    `json:"lines,omitempty"`
 	// Slim lists guest paths to remove after the bake.
 	Slim []string `json:"slim,omitempty"`
 }

@@ -12,6 +12,7 @@ import (
 	"net"
 	"os"
 	"runtime"
+	"strings"
 	"sync"
 	"time"
 
@@ -34,12 +35,16 @@ type Config struct {
 	// Serial is the console log file; Output receives QEMU's own messages.
 	Serial string
 	Output string
-	// Forwards and QMP are for long-running instances.
-	Forwards []qemu.Forward
-	QMP      qemu.Socket
-	Detach   bool
-	QEMU     string
-	Log      *slog.Logger
+	// AgentSocket is the agent channel's path; "" makes an abstract socket
+	// that lives only as long as QEMU (builds, boot checks).
+	AgentSocket string
+	// QMPSocket, Forwards, FWCfg and Detach are for long-running instances.
+	QMPSocket string
+	Forwards  []qemu.Forward
+	FWCfg     []qemu.FWCfgFile
+	Detach    bool
+	QEMU      string
+	Log       *slog.Logger
 }
 
 // VM is a booted guest and its event stream.
@@ -68,17 +73,32 @@ func Start(ctx context.Context, cfg Config) (*VM, error) {
 			return nil, err
 		}
 	}
-	addr := "@emu-" + randomID()
-	ln, err := net.Listen("unix", addr)
-	if err != nil {
-		return nil, fmt.Errorf("listen on agent socket: %w", err)
+	agentAddr := cfg.AgentSocket
+	if agentAddr == "" {
+		agentAddr = "@emu-" + randomID()
 	}
-	lf, err := ln.(*net.UnixListener).File()
-	ln.Close()
-	if err != nil {
-		return nil, fmt.Errorf("agent socket: %w", err)
+	// Each socket is made here, listening, and handed to QEMU as a file
+	// descriptor: connecting then needs no wait for QEMU to create it.
+	var files []*os.File
+	defer func() {
+		for _, f := range files {
+			f.Close()
+		}
+	}()
+	for _, addr := range []string{agentAddr, cfg.QMPSocket} {
+		if addr == "" {
+			continue
+		}
+		f, err := listenFile(addr)
+		if err != nil {
+			return nil, err
+		}
+		files = append(files, f)
 	}
-	defer lf.Close()
+	qmpSock := qemu.Socket{}
+	if cfg.QMPSocket != "" {
+		qmpSock = qemu.Socket{FD: 4}
+	}
 
 	cpus, mem := cfg.VM.CPUs, int64(cfg.VM.Memory)
 	argv, err := qemu.Args(qemu.Config{
@@ -87,8 +107,9 @@ func Start(ctx context.Context, cfg Config) (*VM, error) {
 		Drives:    []qemu.Drive{cfg.Drive},
 		SerialLog: cfg.Serial,
 		Agent:     qemu.Socket{FD: 3},
-		QMP:       cfg.QMP,
+		QMP:       qmpSock,
 		Forwards:  cfg.Forwards,
+		FWCfg:     cfg.FWCfg,
 		Name:      cfg.Name,
 		NoReboot:  true,
 	}, qemu.Host{OS: runtime.GOOS, Arch: runtime.GOARCH})
@@ -101,23 +122,57 @@ func Start(ctx context.Context, cfg Config) (*VM, error) {
 	}
 	defer out.Close()
 	proc, err := qemu.Start(qemu.StartOptions{
-		Binary: bin, Args: argv, ExtraFiles: []*os.File{lf}, Output: out, Detach: cfg.Detach, Log: cfg.Log,
+		Binary: bin, Args: argv, ExtraFiles: files, Output: out, Detach: cfg.Detach, Log: cfg.Log,
 	})
 	if err != nil {
 		return nil, err
 	}
+	vm, err := Connect(ctx, agentAddr)
+	if err != nil {
+		proc.Stop(context.WithoutCancel(ctx), time.Second)
+		return nil, err
+	}
+	vm.Proc, vm.SerialPath = proc, cfg.Serial
+	return vm, nil
+}
+
+// Connect opens the agent channel at addr (a path, or @name) of a guest
+// already running. Proc is nil then: the caller did not start QEMU.
+func Connect(ctx context.Context, addr string) (*VM, error) {
 	var d net.Dialer
 	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	conn, err := d.DialContext(dctx, "unix", addr)
 	cancel()
 	if err != nil {
-		proc.Stop(context.WithoutCancel(ctx), time.Second)
-		return nil, fmt.Errorf("connect to agent channel: %w", err)
+		return nil, fmt.Errorf("connect to agent channel %s: %w", addr, err)
 	}
 	events := make(chan event.Event, 256)
-	vm := &VM{Proc: proc, SerialPath: cfg.Serial, Events: events, conn: conn}
+	vm := &VM{Events: events, conn: conn}
 	go vm.read(events)
 	return vm, nil
+}
+
+// listenFile makes a listening unix socket at addr and returns it as a file
+// for QEMU. A path socket outlives this process's copy (QEMU holds it).
+func listenFile(addr string) (*os.File, error) {
+	if !strings.HasPrefix(addr, "@") {
+		if len(addr) > 100 {
+			return nil, fmt.Errorf("socket path %s is too long for a unix socket (%d bytes; set EMU_HOME to a shorter directory)", addr, len(addr))
+		}
+		_ = os.Remove(addr)
+	}
+	ln, err := net.Listen("unix", addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", addr, err)
+	}
+	ul := ln.(*net.UnixListener)
+	ul.SetUnlinkOnClose(false)
+	f, err := ul.File()
+	ln.Close()
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", addr, err)
+	}
+	return f, nil
 }
 
 func (vm *VM) read(events chan<- event.Event) {
@@ -157,10 +212,16 @@ func (vm *VM) StreamErr() error {
 
 // Stop ends QEMU (SIGTERM, then SIGKILL after grace) and closes the channel.
 func (vm *VM) Stop(ctx context.Context, grace time.Duration) error {
-	err := vm.Proc.Stop(ctx, grace)
+	var err error
+	if vm.Proc != nil {
+		err = vm.Proc.Stop(ctx, grace)
+	}
 	vm.conn.Close()
 	return err
 }
+
+// Close closes the channel and leaves QEMU running.
+func (vm *VM) Close() error { return vm.conn.Close() }
 
 func randomID() string {
 	b := make([]byte, 8)

@@ -89,8 +89,17 @@ type Config struct {
 	PIDFile  string // optional -pidfile
 	NoReboot bool   // -no-reboot: a guest reboot (or panic with panic=-1) ends QEMU
 
+	// FWCfg passes files to the guest through fw_cfg (name -> host path);
+	// the guest reads /sys/firmware/qemu_fw_cfg/by_name/NAME/raw.
+	FWCfg []FWCfgFile
+
 	// ExtraArgs are appended verbatim, last.
 	ExtraArgs []string
+}
+
+// FWCfgFile is one fw_cfg item; names under "opt/" are free for guests.
+type FWCfgFile struct {
+	Name, Path string
 }
 
 // Host describes the machine QEMU runs on, in runtime.GOOS/GOARCH terms.
@@ -191,6 +200,9 @@ func Args(cfg Config, host Host) ([]string, error) {
 		b.add("-device", "virtio-net-pci,netdev="+id)
 	}
 
+	for _, f := range cfg.FWCfg {
+		b.add("-fw_cfg", "name="+escape(f.Name)+",file="+escape(f.Path))
+	}
 	if cfg.PIDFile != "" {
 		b.add("-pidfile", cfg.PIDFile)
 	}

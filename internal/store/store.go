@@ -70,6 +70,48 @@ func (h Home) BuildLogs(name string) string { return filepath.Join(h.State, "log
 // VerifyLogs is where the console log of stack name's last boot check is kept.
 func (h Home) VerifyLogs(name string) string { return filepath.Join(h.State, "logs", "verify", name) }
 
+// Instances holds one directory per instance (stack name).
+func (h Home) Instances() string { return filepath.Join(h.State, "instances") }
+
+// Instance names every file of one instance's state directory.
+type Instance struct {
+	Name string
+	Dir  string
+}
+
+// Instance returns stack name's instance.
+func (h Home) Instance(name string) Instance {
+	return Instance{Name: name, Dir: filepath.Join(h.Instances(), name)}
+}
+
+// Overlay is the instance's disk: copy-on-write over the bundle's disk.
+// It survives down and up; reset removes it.
+func (i Instance) Overlay() string { return filepath.Join(i.Dir, "overlay.qcow2") }
+
+// QMP is the QEMU monitor socket.
+func (i Instance) QMP() string { return filepath.Join(i.Dir, "qmp.sock") }
+
+// Agent is the guest agent's channel.
+func (i Instance) Agent() string { return filepath.Join(i.Dir, "agent.sock") }
+
+// Serial is the guest console's log.
+func (i Instance) Serial() string { return filepath.Join(i.Dir, SerialLog) }
+
+// QEMULog is QEMU's own output.
+func (i Instance) QEMULog() string { return filepath.Join(i.Dir, QEMULog) }
+
+// PID is the running QEMU's pid file.
+func (i Instance) PID() string { return filepath.Join(i.Dir, "qemu.pid") }
+
+// Lock serializes emu commands on the instance.
+func (i Instance) Lock() string { return filepath.Join(i.Dir, "lock") }
+
+// Runtime is the runtime config handed to the guest through fw_cfg.
+func (i Instance) Runtime() string { return filepath.Join(i.Dir, "runtime.json") }
+
+// State records how the instance was started (instance.json).
+func (i Instance) State() string { return filepath.Join(i.Dir, "instance.json") }
+
 // Bundle file names.
 const (
 	BundleDisk     = "disk.qcow2"

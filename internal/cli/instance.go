@@ -1,0 +1,65 @@
+package cli
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/emu-dev/emu/internal/bundle"
+	"github.com/emu-dev/emu/internal/spec"
+	"github.com/emu-dev/emu/internal/store"
+)
+
+// target is what an instance verb acts on: a stack file, or a bundle (up
+// IMAGE) or an instance named on the command line.
+type target struct {
+	name   string
+	stack  *spec.Stack // nil when named by bundle or instance name
+	bundle string      // the bundle directory
+}
+
+// resolve names the instance the way every instance verb does: an
+// argument (a bundle directory, or a stack or instance name), else the
+// stack file (-f, default ./emu.yaml).
+func resolve(home store.Home, file string, fileSet bool, args []string) (target, error) {
+	if len(args) > 1 {
+		return target{}, usageError{fmt.Errorf("want at most one image or instance name, got %d: %s", len(args), strings.Join(args, " "))}
+	}
+	if len(args) == 1 {
+		if fileSet {
+			return target{}, usageError{errors.New("name the instance with -f FILE or an argument, not both")}
+		}
+		a := args[0]
+		if _, err := os.Stat(filepath.Join(a, store.BundleManifest)); err == nil {
+			m, err := bundle.Read(a)
+			if err != nil {
+				return target{}, err
+			}
+			dir, _ := filepath.Abs(a)
+			return target{name: m.Name, bundle: dir}, nil
+		}
+		if strings.ContainsAny(a, `/\`) {
+			return target{}, fmt.Errorf("%s is not an image bundle (no %s in it)", a, store.BundleManifest)
+		}
+		return target{name: a, bundle: filepath.Join(home.Images(), a)}, nil
+	}
+	s, err := spec.Load(file)
+	if err != nil {
+		return target{}, err
+	}
+	return target{name: s.Name, stack: s, bundle: filepath.Join(home.Images(), s.Name)}, nil
+}
+
+// flagSet reports whether the flag name was given on the command line.
+func flagSet(fs *flag.FlagSet, name string) bool {
+	set := false
+	fs.Visit(func(f *flag.Flag) {
+		if f.Name == name {
+			set = true
+		}
+	})
+	return set
+}

@@ -1,0 +1,136 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"sort"
+	"time"
+
+	"github.com/emu-dev/emu/internal/event"
+	"github.com/emu-dev/emu/internal/machine"
+	"github.com/emu-dev/emu/internal/progress"
+	"github.com/emu-dev/emu/internal/spec"
+	"github.com/emu-dev/emu/internal/store"
+)
+
+// instanceReport is one instance as `emu status` shows it: derived from the
+// pid file, QMP and the agent, never from a stored flag.
+type instanceReport struct {
+	Name     string          `json:"name"`
+	Running  bool            `json:"running"`
+	PID      int             `json:"pid,omitempty"`
+	Accel    string          `json:"accel,omitempty"`
+	Uptime   string          `json:"uptime,omitempty"`
+	QEMU     string          `json:"qemu_status,omitempty"`
+	Services []serviceReport `json:"services,omitempty"`
+	Ports    []machine.Port  `json:"ports,omitempty"`
+	Problem  string          `json:"problem,omitempty"`
+
+	items []event.Item
+}
+
+type serviceReport struct {
+	Name  string `json:"name"`
+	State string `json:"state"`
+	Msg   string `json:"msg,omitempty"`
+}
+
+func report(ctx context.Context, home store.Home, name string) instanceReport {
+	inst := home.Instance(name)
+	r := instanceReport{Name: name}
+	info, _ := machine.ReadInfo(inst)
+	r.Ports = info.Ports
+	pid, err := machine.RunningPID(inst)
+	if err != nil {
+		if !isNotRunning(err) {
+			r.Problem = err.Error()
+		}
+		return r
+	}
+	r.Running, r.PID, r.Accel = true, pid, info.Accel
+	if !info.Started.IsZero() {
+		r.Uptime = progress.Dur(time.Since(info.Started).Truncate(time.Second))
+	}
+	if st, err := machine.QEMUStatus(ctx, inst.QMP()); err == nil {
+		r.QEMU = st
+	} else {
+		r.Problem = "qmp: " + err.Error()
+	}
+	st, err := machine.AgentStatus(ctx, inst.Agent(), 5*time.Second)
+	if err != nil {
+		r.Problem = "agent: " + err.Error()
+	}
+	r.items = st.Services
+	for _, s := range st.Services {
+		r.Services = append(r.Services, serviceReport{Name: s.Name, State: string(s.State), Msg: s.Msg})
+	}
+	return r
+}
+
+func writeReports(e *env, reps []instanceReport, asJSON bool) error {
+	if asJSON {
+		enc := json.NewEncoder(e.stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(reps)
+	}
+	for i, r := range reps {
+		if i > 0 {
+			fmt.Fprintln(e.stdout)
+		}
+		if !r.Running {
+			fmt.Fprintf(e.stdout, "%s: not running\n", r.Name)
+			continue
+		}
+		fmt.Fprintf(e.stdout, "%s: running, pid %d, %s, up %s, qemu %s\n", r.Name, r.PID, r.Accel, r.Uptime, orDash(r.QEMU))
+		if r.Problem != "" {
+			fmt.Fprintf(e.stdout, "  (%s)\n", r.Problem)
+		}
+		writeTable(e.stdout, r.Ports, r.items)
+	}
+	return nil
+}
+
+func runStatus(ctx context.Context, e *env, args []string) error {
+	fs := newFlags(e, "status", "[-f FILE | NAME] [--json]")
+	file := fs.String("f", spec.DefaultFile, "the stack `file`")
+	jsonOut := fs.Bool("json", false, "print the status as JSON")
+	pos, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	home, err := store.Default()
+	if err != nil {
+		return err
+	}
+	var names []string
+	if len(pos) == 0 && !flagSet(fs, "f") {
+		if _, err := os.Stat(spec.DefaultFile); err != nil {
+			// No stack here: every instance emu knows.
+			ents, _ := os.ReadDir(home.Instances())
+			for _, ent := range ents {
+				if ent.IsDir() {
+					names = append(names, ent.Name())
+				}
+			}
+			sort.Strings(names)
+			if len(names) == 0 && !*jsonOut {
+				fmt.Fprintln(e.stdout, "no instances")
+				return nil
+			}
+		}
+	}
+	if names == nil {
+		t, err := resolve(home, *file, flagSet(fs, "f"), pos)
+		if err != nil {
+			return err
+		}
+		names = []string{t.name}
+	}
+	reps := make([]instanceReport, 0, len(names))
+	for _, n := range names {
+		reps = append(reps, report(ctx, home, n))
+	}
+	return writeReports(e, reps, *jsonOut)
+}

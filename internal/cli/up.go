@@ -1,0 +1,223 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/emu-dev/emu/internal/build"
+	"github.com/emu-dev/emu/internal/bundle"
+	"github.com/emu-dev/emu/internal/event"
+	"github.com/emu-dev/emu/internal/machine"
+	"github.com/emu-dev/emu/internal/ports"
+	"github.com/emu-dev/emu/internal/progress"
+	"github.com/emu-dev/emu/internal/spec"
+	"github.com/emu-dev/emu/internal/store"
+)
+
+// listFlag collects a repeated flag.
+type listFlag []string
+
+func (l *listFlag) String() string     { return strings.Join(*l, ",") }
+func (l *listFlag) Set(v string) error { *l = append(*l, v); return nil }
+
+func runUp(ctx context.Context, e *env, args []string) error {
+	fs := newFlags(e, "up", "[-f FILE | IMAGE | NAME] [flags]")
+	file := fs.String("f", spec.DefaultFile, "the stack `file`")
+	jsonOut := fs.Bool("json", false, "print events as JSON lines on stdout")
+	accelFlag := fs.String("accel", "", "accelerator: kvm, hvf or tcg (default: probe)")
+	timeout := fs.Duration("timeout", 0, "bound the wait for every service healthy (default 3m, scaled under tcg)")
+	noBuild := fs.Bool("no-build", false, "run the image as it is, even when the stack file changed since it was built")
+	var portFlags, envFlags listFlag
+	fs.Var(&portFlags, "port", "host port for a service's port: `SERVICE.NAME=PORT` (repeatable; also EMU_PORT_SERVICE_NAME)")
+	fs.Var(&envFlags, "e", "environment for the stack's services: `KEY=VALUE` (repeatable)")
+	pos, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	home, err := store.Default()
+	if err != nil {
+		return err
+	}
+	t, err := resolve(home, *file, flagSet(fs, "f"), pos)
+	if err != nil {
+		return err
+	}
+	env := map[string]string{}
+	for _, kv := range envFlags {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || k == "" {
+			return usageError{fmt.Errorf("-e %s: want KEY=VALUE", kv)}
+		}
+		env[k] = v
+	}
+	inst := home.Instance(t.name)
+	release, err := machine.Lock(inst)
+	if err != nil {
+		return err
+	}
+	defer release()
+	if pid, err := machine.RunningPID(inst); err == nil {
+		fmt.Fprintf(e.stderr, "%s is already running (pid %d)\n", t.name, pid)
+		rep := report(ctx, home, t.name)
+		return writeReports(e, []instanceReport{rep}, *jsonOut)
+	}
+	if t.stack != nil && !*noBuild {
+		if err := ensureBundle(ctx, e, home, inst, t, *jsonOut, *accelFlag); err != nil {
+			return err
+		}
+	}
+	man, err := bundle.Read(t.bundle)
+	if err != nil {
+		return withHint{err: err, hint: "build the image first: emu build -f emu.yaml"}
+	}
+	fwds, err := planPorts(man, portFlags)
+	if err != nil {
+		return err
+	}
+	if err := ports.Check(fwds); err != nil {
+		return err
+	}
+	choice, err := checkHost(ctx, e, home, "", man.Arch, *accelFlag, false)
+	if err != nil {
+		return err
+	}
+	var mports []machine.Port
+	for _, f := range fwds {
+		mports = append(mports, machine.Port{Service: f.Service, Name: f.Name, Guest: f.Guest, Host: f.Host})
+	}
+	mode := progress.Detect(os.Stderr, *jsonOut)
+	w := e.stderr
+	if mode == progress.JSON {
+		w = e.stdout
+	}
+	view := progress.New(w, mode)
+	start := time.Now()
+	info, err := machine.Up(ctx, machine.UpOptions{
+		Instance: inst, Bundle: t.bundle, Manifest: man, Accel: choice, Ports: mports,
+		Env: env, Timeout: *timeout, Sink: view, Log: e.log,
+	})
+	view.Close()
+	if err != nil {
+		return err
+	}
+	if mode == progress.JSON {
+		return nil
+	}
+	fmt.Fprintf(e.stderr, "%s is ready in %s (%s, pid %d)\n", t.name, progress.Dur(time.Since(start)), info.Accel, info.PID)
+	writeTable(e.stdout, info.Ports, view.Status().Services)
+	return nil
+}
+
+// ensureBundle builds the stack when its bundle is missing or was built
+// from other inputs, and says so. It refuses when the instance has data on
+// top of the old image: a rebuild would pull that image from under it.
+func ensureBundle(ctx context.Context, e *env, home store.Home, inst store.Instance, t target, jsonOut bool, accelFlag string) error {
+	reason := ""
+	man, err := bundle.Read(t.bundle)
+	switch {
+	case err != nil:
+		reason = "no image yet"
+	default:
+		agentBin, err := agentBinary()
+		if err != nil {
+			return err
+		}
+		hash, err := build.InputHash(t.stack, agentBin)
+		if err != nil {
+			return err
+		}
+		if hash != man.InputHash {
+			reason = "the stack file or its inputs changed since the image was built"
+		}
+	}
+	if reason == "" {
+		return nil
+	}
+	if _, err := os.Stat(inst.Overlay()); err == nil && man.Name != "" {
+		return withHint{
+			err:  fmt.Errorf("%s: %s, and the instance keeps data on top of the current image", t.name, reason),
+			hint: "emu reset, then emu up, rebuilds and starts fresh (the data is lost); emu up --no-build runs the image you have",
+		}
+	}
+	fmt.Fprintf(e.stderr, "building %s: %s\n", t.name, reason)
+	_, err = buildStack(ctx, e, buildRequest{stack: t.stack, home: home, outDir: home.Images(), json: jsonOut, accel: accelFlag})
+	return err
+}
+
+// planPorts applies EMU_PORT_* and --port to the image's ports.
+func planPorts(man bundle.Manifest, flags []string) ([]ports.Forward, error) {
+	var svcs []ports.Service
+	for _, s := range man.Services {
+		if len(s.Ports) > 0 {
+			svcs = append(svcs, ports.Service{Name: s.Name, Ports: s.Ports})
+		}
+	}
+	overrides, err := ports.FromEnv(os.Environ())
+	if err != nil {
+		return nil, usageError{err}
+	}
+	for _, f := range flags {
+		o, err := ports.ParseOverride(f)
+		if err != nil {
+			return nil, usageError{err}
+		}
+		overrides = append(overrides, o)
+	}
+	fwds, err := ports.Plan(svcs, overrides)
+	if err != nil {
+		return nil, usageError{err}
+	}
+	return fwds, nil
+}
+
+// writeTable prints service, state and URL, one service a line.
+func writeTable(w io.Writer, fwds []machine.Port, services []event.Item) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "SERVICE\tSTATE\tURL")
+	byService := map[string][]string{}
+	for _, p := range fwds {
+		u := p.URL()
+		if p.Name == "http" || p.Name == "https" {
+			u = p.Name + "://" + u
+		}
+		byService[p.Service] = append(byService[p.Service], u)
+	}
+	seen := map[string]bool{}
+	for _, s := range services {
+		seen[s.Name] = true
+		urls := strings.Join(byService[s.Name], " ")
+		if urls == "" {
+			urls = "-"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\n", s.Name, orDash(string(s.State)), urls)
+	}
+	var rest []string
+	for name := range byService {
+		if !seen[name] {
+			rest = append(rest, name)
+		}
+	}
+	sort.Strings(rest)
+	for _, name := range rest {
+		fmt.Fprintf(tw, "%s\t%s\t%s\n", name, "unknown", strings.Join(byService[name], " "))
+	}
+	tw.Flush()
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+var errNotRunning = machine.ErrNotRunning
+
+func isNotRunning(err error) bool { return errors.Is(err, errNotRunning) }
