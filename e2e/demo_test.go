@@ -7,10 +7,15 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -105,6 +110,185 @@ func TestDemoBuildAndVerify(t *testing.T) {
 		if s.State != event.Healthy {
 			t.Errorf("service %s is %s", s.Name, s.State)
 		}
+	}
+
+	t.Run("lifecycle", func(t *testing.T) { lifecycle(ctx, t, home, dir) })
+}
+
+// lifecycle runs the image the way a developer does: up, write, down, up,
+// the data is still there; kill -9 and recover; reset; a taken port; a
+// service that never becomes healthy.
+func lifecycle(ctx context.Context, t *testing.T, home, bundleDir string) {
+	inst := store.At(home).Instance("demo")
+	t.Cleanup(func() {
+		run(context.Background(), "down", bundleDir)
+		for _, pid := range qemuPids("emu-demo") {
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+	})
+	port := freePort(t)
+	portFlag := "--port=api.http=" + strconv.Itoa(port)
+	base := "http://127.0.0.1:" + strconv.Itoa(port)
+	up := func(t *testing.T, extra ...string) {
+		t.Helper()
+		_, stderr, code := run(ctx, append([]string{"up", bundleDir, portFlag}, extra...)...)
+		if code != 0 {
+			t.Fatalf("emu up exited %d:\n%s", code, stderr)
+		}
+	}
+	down := func(t *testing.T) {
+		t.Helper()
+		_, stderr, code := run(ctx, "down", bundleDir)
+		if code != 0 {
+			t.Fatalf("emu down exited %d:\n%s", code, stderr)
+		}
+		if pids := qemuPids("emu-demo"); len(pids) > 0 {
+			t.Fatalf("qemu still running after down: %v", pids)
+		}
+	}
+
+	up(t)
+	if code := httpStatus(t, "GET", base+"/health", ""); code != 200 {
+		t.Fatalf("GET /health = %d after up", code)
+	}
+	if code := httpStatus(t, "POST", base+"/items", `{"name":"kept-across-restarts"}`); code != 201 {
+		t.Fatalf("POST /items = %d", code)
+	}
+	// A second up of the running instance reports it and starts nothing.
+	if _, stderr, code := run(ctx, "up", bundleDir, portFlag); code != 0 || !strings.Contains(stderr, "already running") {
+		t.Errorf("second up: exit %d:\n%s", code, stderr)
+	}
+	if n := len(qemuPids("emu-demo")); n != 1 {
+		t.Errorf("%d qemu processes after a second up, want 1", n)
+	}
+	down(t)
+	// The guest stopped cleanly: PostgreSQL shut down, no recovery needed.
+	if b, _ := os.ReadFile(inst.Serial()); !strings.Contains(string(b), "Power down") && !strings.Contains(string(b), "reboot: Power down") {
+		t.Errorf("the console does not show a clean power-down")
+	}
+
+	up(t)
+	if body := httpBody(t, base+"/items"); !strings.Contains(body, "kept-across-restarts") {
+		t.Errorf("item lost across down/up: %s", body)
+	}
+
+	// kill -9 of QEMU: status notices, clears the stale pid, and up recovers.
+	for _, pid := range qemuPids("emu-demo") {
+		syscall.Kill(pid, syscall.SIGKILL)
+	}
+	waitGone(t, "emu-demo")
+	stdout, _, code := run(ctx, "status", bundleDir, "--json")
+	if code != 0 || !strings.Contains(stdout, `"running": false`) {
+		t.Errorf("status after kill -9: exit %d: %s", code, stdout)
+	}
+	if _, err := os.Stat(inst.PID()); err == nil {
+		t.Errorf("stale pid file kept after status")
+	}
+	up(t)
+	if body := httpBody(t, base+"/items"); !strings.Contains(body, "kept-across-restarts") {
+		t.Errorf("item lost after kill -9 and up: %s", body)
+	}
+
+	// A port taken by someone else: a clear error before boot.
+	down(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, stderr, code := run(ctx, "up", bundleDir, portFlag)
+	ln.Close()
+	if code == 0 || !strings.Contains(stderr, "api (http)") || !strings.Contains(stderr, "in use") {
+		t.Errorf("up with the port taken: exit %d:\n%s", code, stderr)
+	}
+	if pids := qemuPids("emu-demo"); len(pids) > 0 {
+		t.Errorf("qemu started although the port was taken")
+	}
+
+	// A service that never becomes healthy: named, with its last probe.
+	_, stderr, code = run(ctx, "up", bundleDir, portFlag, "-e", "VALKEY_ADDR=127.0.0.1:1")
+	if code == 0 || !strings.Contains(stderr, "service api") || !strings.Contains(stderr, "503") {
+		t.Errorf("up with an unhealthy api: exit %d:\n%s", code, stderr)
+	}
+	if pids := qemuPids("emu-demo"); len(pids) > 0 {
+		t.Errorf("qemu left running after a failed up: %v", pids)
+	}
+
+	// reset: the data goes, the image stays.
+	if _, stderr, code := run(ctx, "reset", bundleDir); code != 0 {
+		t.Fatalf("reset: exit %d:\n%s", code, stderr)
+	}
+	if _, err := os.Stat(inst.Overlay()); err == nil {
+		t.Errorf("overlay kept after reset")
+	}
+	up(t)
+	if body := httpBody(t, base+"/items"); strings.Contains(body, "kept-across-restarts") || !strings.Contains(body, "apple") {
+		t.Errorf("after reset want only the seed rows: %s", body)
+	}
+	down(t)
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+func httpStatus(t *testing.T, method, url, body string) int {
+	t.Helper()
+	req, _ := http.NewRequest(method, url, strings.NewReader(body))
+	c := http.Client{Timeout: 20 * time.Second}
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, url, err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+func httpBody(t *testing.T, url string) string {
+	t.Helper()
+	c := http.Client{Timeout: 20 * time.Second}
+	resp, err := c.Get(url)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
+}
+
+// qemuPids lists QEMU processes whose -name is name.
+func qemuPids(name string) []int {
+	var pids []int
+	ms, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, m := range ms {
+		b, err := os.ReadFile(m)
+		if err != nil {
+			continue
+		}
+		args := strings.Split(string(b), "\x00")
+		if strings.Contains(args[0], "qemu-system") && bytes.Contains(b, []byte("\x00"+name+"\x00")) {
+			pid, _ := strconv.Atoi(filepath.Base(filepath.Dir(m)))
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+// waitGone waits until no QEMU named name is left (a killed process is
+// reaped by init, not by us).
+func waitGone(t *testing.T, name string) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for len(qemuPids(name)) > 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("qemu %s did not go away", name)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }
 

@@ -307,7 +307,12 @@ func waitReady(ctx context.Context, vm *VM, timeout time.Duration, emit func(eve
 			return consoleError(vm, fmt.Errorf("qemu exited before every service was healthy: %v", vm.Proc.Wait()))
 		case <-ctx.Done():
 			ue := consoleError(vm, fmt.Errorf("not ready within %s: %w", timeout, ctx.Err()))
-			ue.Service = status.Running()
+			for _, it := range status.Services {
+				if it.State != event.Healthy {
+					ue.Service = it.Name
+					break
+				}
+			}
 			return ue
 		}
 	}

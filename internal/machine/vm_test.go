@@ -1,0 +1,152 @@
+package machine_test
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/emu-dev/emu/internal/accel"
+	"github.com/emu-dev/emu/internal/build"
+	"github.com/emu-dev/emu/internal/bundle"
+	"github.com/emu-dev/emu/internal/event"
+	"github.com/emu-dev/emu/internal/machine"
+	"github.com/emu-dev/emu/internal/qemu"
+	"github.com/emu-dev/emu/internal/spec"
+	"github.com/emu-dev/emu/internal/store"
+	"github.com/emu-dev/emu/internal/vmtest"
+)
+
+var tcg = accel.Choice{Accel: qemu.TCG, TimeoutScale: accel.TCGTimeoutScale}
+
+// tinyBundle builds a bundle of the tiny guest (no services: the agent is
+// ready as soon as it is up).
+func tinyBundle(t *testing.T, home store.Home) string {
+	t.Helper()
+	vmtest.Skip(t)
+	dir := t.TempDir()
+	path := filepath.Join(dir, "emu.yaml")
+	os.WriteFile(path, []byte("name: tinyrun\nbase: {suite: trixie}\nvm: {cpus: 1, memory: 256MiB, disk: 1GiB}\n"+
+		"bake:\n  - name: mark\n    run: [/bin/sh, -c, \"echo baked > /root/marker\"]\n"), 0o644)
+	s, err := spec.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := build.Build(context.Background(), build.Options{
+		Stack: s, Home: home, OutDir: filepath.Join(dir, "out"), AgentBinary: vmtest.Agent(t),
+		Accel: tcg, BaseTarball: vmtest.BaseTarball(t, dir),
+	})
+	if err != nil {
+		t.Fatalf("build tiny bundle: %v", err)
+	}
+	return res.Dir
+}
+
+func TestVMInstanceLifecycle(t *testing.T) {
+	home := store.At(t.TempDir())
+	dir := tinyBundle(t, home)
+	man, err := bundle.Read(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inst := home.Instance(man.Name)
+	ctx := context.Background()
+	t.Cleanup(func() {
+		if pid, err := machine.RunningPID(inst); err == nil {
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+	})
+	up := func() machine.Info {
+		t.Helper()
+		release, err := machine.Lock(inst)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer release()
+		if _, err := machine.Lock(inst); err == nil || !contains(err.Error(), "busy") {
+			t.Errorf("second Lock = %v, want busy", err)
+		}
+		rec := &event.Recorder{}
+		info, err := machine.Up(ctx, machine.UpOptions{Instance: inst, Bundle: dir, Manifest: man, Accel: tcg, Sink: rec})
+		if err != nil {
+			t.Fatalf("Up: %v", err)
+		}
+		if st := event.FoldAll(rec.Events()); !st.Ready || !st.Done {
+			t.Errorf("Up events: ready=%v done=%v", st.Ready, st.Done)
+		}
+		return info
+	}
+
+	info := up()
+	pid, err := machine.RunningPID(inst)
+	if err != nil || pid != info.PID {
+		t.Fatalf("RunningPID = %d, %v; want %d", pid, err, info.PID)
+	}
+	st, err := machine.AgentStatus(ctx, inst.Agent(), 20*time.Second)
+	if err != nil || st.Hello == nil || !st.Ready {
+		t.Errorf("AgentStatus: hello=%v ready=%v err=%v", st.Hello != nil, st.Ready, err)
+	}
+	if s, err := machine.QEMUStatus(ctx, inst.QMP()); err != nil || s != "running" {
+		t.Errorf("QEMUStatus = %q, %v", s, err)
+	}
+	var said []string
+	if err := machine.Stop(ctx, inst, nil, func(s string) { said = append(said, s) }); err != nil {
+		t.Fatalf("Stop: %v (%v)", err, said)
+	}
+	if len(said) != 2 || said[1] != "guest powered off" {
+		t.Errorf("Stop took other ways than the agent: %q", said)
+	}
+	if _, err := machine.RunningPID(inst); !errors.Is(err, machine.ErrNotRunning) {
+		t.Errorf("RunningPID after Stop = %v", err)
+	}
+	for _, p := range []string{inst.PID(), inst.Agent(), inst.QMP()} {
+		if _, err := os.Stat(p); err == nil {
+			t.Errorf("%s left after Stop", filepath.Base(p))
+		}
+	}
+	if _, err := os.Stat(inst.Overlay()); err != nil {
+		t.Errorf("overlay gone after Stop: %v", err)
+	}
+
+	// kill -9: the pid file goes stale; it is noticed and cleared.
+	info = up()
+	syscall.Kill(info.PID, syscall.SIGKILL)
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		_, err := machine.RunningPID(inst)
+		if errors.Is(err, machine.ErrNotRunning) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("RunningPID still sees a killed qemu: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if _, err := os.Stat(inst.PID()); err == nil {
+		t.Errorf("stale pid file kept")
+	}
+	info = up()
+	if err := machine.Stop(ctx, inst, nil, func(string) {}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestVMInstanceRefusesChangedImage(t *testing.T) {
+	home := store.At(t.TempDir())
+	dir := tinyBundle(t, home)
+	man, _ := bundle.Read(dir)
+	inst := home.Instance(man.Name)
+	os.MkdirAll(inst.Dir, 0o755)
+	os.WriteFile(inst.Overlay(), []byte("x"), 0o644)
+	os.WriteFile(inst.State(), []byte(`{"name":"tinyrun","disk_sha256":"other"}`), 0o644)
+	_, err := machine.Up(context.Background(), machine.UpOptions{Instance: inst, Bundle: dir, Manifest: man, Accel: tcg})
+	if err == nil || !contains(err.Error(), "emu reset") {
+		t.Fatalf("Up on a changed image = %v, want a refusal that says emu reset", err)
+	}
+}
+
+func contains(s, sub string) bool { return strings.Contains(s, sub) }
