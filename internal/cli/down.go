@@ -8,22 +8,11 @@ import (
 
 	"github.com/emu-dev/emu/internal/machine"
 	"github.com/emu-dev/emu/internal/progress"
-	"github.com/emu-dev/emu/internal/spec"
 	"github.com/emu-dev/emu/internal/store"
 )
 
 func runDown(ctx context.Context, e *env, args []string) error {
-	fs := newFlags(e, "down", "[-f FILE | NAME]")
-	file := fs.String("f", spec.DefaultFile, "the stack `file`")
-	pos, err := parse(fs, args)
-	if err != nil {
-		return err
-	}
-	home, err := store.Default()
-	if err != nil {
-		return err
-	}
-	t, err := resolve(home, *file, flagSet(fs, "f"), pos)
+	home, t, err := instanceFlags(e, "down", "[-f FILE | NAME]", args, nil)
 	if err != nil {
 		return err
 	}
@@ -54,17 +43,7 @@ func stopInstance(ctx context.Context, e *env, inst store.Instance) error {
 }
 
 func runReset(ctx context.Context, e *env, args []string) error {
-	fs := newFlags(e, "reset", "[-f FILE | NAME]")
-	file := fs.String("f", spec.DefaultFile, "the stack `file`")
-	pos, err := parse(fs, args)
-	if err != nil {
-		return err
-	}
-	home, err := store.Default()
-	if err != nil {
-		return err
-	}
-	t, err := resolve(home, *file, flagSet(fs, "f"), pos)
+	home, t, err := instanceFlags(e, "reset", "[-f FILE | NAME]", args, nil)
 	if err != nil {
 		return err
 	}

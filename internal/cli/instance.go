@@ -63,3 +63,23 @@ func flagSet(fs *flag.FlagSet, name string) bool {
 	})
 	return set
 }
+
+// instanceFlags parses the flags of an instance verb that names its
+// instance with -f FILE or an argument; more adds the verb's own flags.
+func instanceFlags(e *env, verb, usage string, args []string, more func(*flag.FlagSet)) (store.Home, target, error) {
+	fs := newFlags(e, verb, usage)
+	file := fs.String("f", spec.DefaultFile, "the stack `file`")
+	if more != nil {
+		more(fs)
+	}
+	pos, err := parse(fs, args)
+	if err != nil {
+		return store.Home{}, target{}, err
+	}
+	home, err := store.Default()
+	if err != nil {
+		return store.Home{}, target{}, err
+	}
+	t, err := resolve(home, *file, flagSet(fs, "f"), pos)
+	return home, t, err
+}

@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -17,7 +18,6 @@ import (
 	"github.com/emu-dev/emu/internal/machine"
 	"github.com/emu-dev/emu/internal/ports"
 	"github.com/emu-dev/emu/internal/progress"
-	"github.com/emu-dev/emu/internal/spec"
 	"github.com/emu-dev/emu/internal/store"
 )
 
@@ -28,24 +28,18 @@ func (l *listFlag) String() string     { return strings.Join(*l, ",") }
 func (l *listFlag) Set(v string) error { *l = append(*l, v); return nil }
 
 func runUp(ctx context.Context, e *env, args []string) error {
-	fs := newFlags(e, "up", "[-f FILE | IMAGE | NAME] [flags]")
-	file := fs.String("f", spec.DefaultFile, "the stack `file`")
-	jsonOut := fs.Bool("json", false, "print events as JSON lines on stdout")
-	accelFlag := fs.String("accel", "", "accelerator: kvm, hvf or tcg (default: probe)")
-	timeout := fs.Duration("timeout", 0, "bound the wait for every service healthy (default 3m, scaled under tcg)")
-	noBuild := fs.Bool("no-build", false, "run the image as it is, even when the stack file changed since it was built")
+	var jsonOut, noBuild *bool
+	var accelFlag *string
+	var timeout *time.Duration
 	var portFlags, envFlags listFlag
-	fs.Var(&portFlags, "port", "host port for a service's port: `SERVICE.NAME=PORT` (repeatable; also EMU_PORT_SERVICE_NAME)")
-	fs.Var(&envFlags, "e", "environment for the stack's services: `KEY=VALUE` (repeatable)")
-	pos, err := parse(fs, args)
-	if err != nil {
-		return err
-	}
-	home, err := store.Default()
-	if err != nil {
-		return err
-	}
-	t, err := resolve(home, *file, flagSet(fs, "f"), pos)
+	home, t, err := instanceFlags(e, "up", "[-f FILE | IMAGE | NAME] [flags]", args, func(fs *flag.FlagSet) {
+		jsonOut = fs.Bool("json", false, "print events as JSON lines on stdout")
+		accelFlag = fs.String("accel", "", "accelerator: kvm, hvf or tcg (default: probe)")
+		timeout = fs.Duration("timeout", 0, "bound the wait for every service healthy (default 3m, scaled under tcg)")
+		noBuild = fs.Bool("no-build", false, "run the image as it is, even when the stack file changed since it was built")
+		fs.Var(&portFlags, "port", "host port for a service's port: `SERVICE.NAME=PORT` (repeatable; also EMU_PORT_SERVICE_NAME)")
+		fs.Var(&envFlags, "e", "environment for the stack's services: `KEY=VALUE` (repeatable)")
+	})
 	if err != nil {
 		return err
 	}
@@ -110,7 +104,10 @@ func runUp(ctx context.Context, e *env, args []string) error {
 	if mode == progress.JSON {
 		return nil
 	}
-	fmt.Fprintf(e.stderr, "%s is ready in %s (%s, pid %d)\n", t.name, progress.Dur(time.Since(start)), info.Accel, info.PID)
+	tm := info.Timings
+	fmt.Fprintf(e.stderr, "%s is ready in %s (qemu start %s, boot to agent %s, services %s, emu %s; %s, pid %d)\n",
+		t.name, progress.Dur(time.Since(start)), progress.Dur(tm.Start), progress.Dur(tm.Hello), progress.Dur(tm.Services),
+		progress.Dur(time.Since(start)-tm.Ready), info.Accel, info.PID)
 	writeTable(e.stdout, info.Ports, view.Status().Services)
 	return nil
 }

@@ -47,6 +47,8 @@ type Info struct {
 	Ports        []Port    `json:"ports,omitempty"`
 	Started      time.Time `json:"started"`
 	PID          int       `json:"pid"`
+	// Timings of the start that wrote this file.
+	Timings Timings `json:"timings"`
 }
 
 // ErrNotRunning: the instance has no live QEMU.
@@ -229,6 +231,8 @@ func Up(ctx context.Context, o UpOptions) (Info, error) {
 			o.Sink.Emit(e)
 		}
 	}
+	// Keep the previous boot's console: the one to read after a failed start.
+	_ = os.Rename(inst.Serial(), inst.Serial()+".1")
 	start := time.Now()
 	vm, err := Start(ctx, Config{
 		Name: "emu-" + inst.Name, Arch: o.Manifest.Arch, VM: o.Manifest.VM, Accel: o.Accel,
@@ -250,6 +254,7 @@ func Up(ctx context.Context, o UpOptions) (Info, error) {
 		return Info{}, err
 	}
 	defer vm.Close()
+	started := time.Since(start)
 	info = Info{
 		Name: inst.Name, Bundle: o.Bundle, DiskSHA256: sum, Accel: string(o.Accel.Accel),
 		TimeoutScale: o.Accel.TimeoutScale, Ports: o.Ports, Started: start.UTC(), PID: vm.Proc.Pid,
@@ -262,7 +267,14 @@ func Up(ctx context.Context, o UpOptions) (Info, error) {
 		vm.Stop(context.WithoutCancel(ctx), 5*time.Second)
 		return Info{}, fmt.Errorf("write instance state: %w", err)
 	}
-	if err := waitReady(ctx, vm, o.Timeout, emit); err != nil {
+	t, err := waitReady(ctx, vm, o.Timeout, emit)
+	t.Start = started
+	if err == nil {
+		t.Ready = time.Since(start)
+		info.Timings = t
+		err = writeInfo(inst, info)
+	}
+	if err != nil {
 		// Not ready: stop it cleanly, keep the data, report why.
 		Stop(context.WithoutCancel(ctx), inst, o.Log, func(string) {})
 		var ue *UpError
@@ -276,35 +288,41 @@ func Up(ctx context.Context, o UpOptions) (Info, error) {
 	return info, nil
 }
 
-// waitReady follows the agent's events until every service is healthy.
-func waitReady(ctx context.Context, vm *VM, timeout time.Duration, emit func(event.Event)) error {
+// waitReady follows the agent's events until every service is healthy. The
+// timings it returns count from its own start.
+func waitReady(ctx context.Context, vm *VM, timeout time.Duration, emit func(event.Event)) (Timings, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
+	var t Timings
+	begin := time.Now()
 	var status event.Status
 	for {
 		select {
 		case e, ok := <-vm.Events:
 			if !ok {
-				return consoleError(vm, errors.New("the agent's channel closed before every service was healthy"))
+				return t, consoleError(vm, errors.New("the agent's channel closed before every service was healthy"))
 			}
 			status = event.Fold(status, e)
 			if !e.Kind.Terminal() {
 				emit(e)
 			}
 			switch e.Kind {
+			case event.Hello:
+				t.Hello = time.Since(begin)
 			case event.Ready:
-				return nil
+				t.Services = time.Since(begin) - t.Hello
+				return t, nil
 			case event.ServiceUnhealthy:
 				ue := &UpError{Service: e.Name, Err: errors.New(e.Msg)}
 				if j := e.Fields["journal"]; j != "" {
 					ue.Tail, ue.TailFrom = command.LastLines(j, 20), "its journal"
 				}
-				return ue
+				return t, ue
 			case event.Failed:
-				return &UpError{Service: e.Name, Err: errors.New(e.Msg)}
+				return t, &UpError{Service: e.Name, Err: errors.New(e.Msg)}
 			}
 		case <-vm.Proc.Done():
-			return consoleError(vm, fmt.Errorf("qemu exited before every service was healthy: %v", vm.Proc.Wait()))
+			return t, consoleError(vm, fmt.Errorf("qemu exited before every service was healthy: %v", vm.Proc.Wait()))
 		case <-ctx.Done():
 			ue := consoleError(vm, fmt.Errorf("not ready within %s: %w", timeout, ctx.Err()))
 			for _, it := range status.Services {
@@ -313,7 +331,7 @@ func waitReady(ctx context.Context, vm *VM, timeout time.Duration, emit func(eve
 					break
 				}
 			}
-			return ue
+			return t, ue
 		}
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/emu-dev/emu/internal/disk"
 	"github.com/emu-dev/emu/internal/spec"
 )
 
@@ -81,7 +82,7 @@ func (c Cache) Ensure(ctx context.Context, base spec.Base) (path string, cached 
 	if _, err := c.Runner.Run(ctx, "mmdebstrap", Args(base, tmp)...); err != nil {
 		return "", false, fmt.Errorf("make root filesystem (%s, %s): %w", base.Suite, strings.Join(base.Packages, " "), err)
 	}
-	if err := syncFile(tmp); err != nil {
+	if err := disk.SyncFile(tmp); err != nil {
 		return "", false, err
 	}
 	if err := os.Rename(tmp, path); err != nil {
@@ -99,16 +100,4 @@ func Args(base spec.Base, out string) []string {
 		"--include=" + strings.Join(Packages(base), ","),
 		base.Suite, out,
 	}
-}
-
-func syncFile(path string) error {
-	f, err := os.Open(path)
-	if err != nil {
-		return fmt.Errorf("sync %s: %w", path, err)
-	}
-	defer f.Close()
-	if err := f.Sync(); err != nil {
-		return fmt.Errorf("sync %s: %w", path, err)
-	}
-	return nil
 }
