@@ -31,16 +31,20 @@ func InputHash(s *spec.Stack, agentBinary string) (string, error) {
 		return "", err
 	}
 	h.Write(sj)
-	paths := []string{agentBinary}
+	// Contents by their place in the guest, not their host path: the same
+	// inputs from another checkout hash the same.
+	type input struct{ name, path string }
+	inputs := []input{{agent.BinaryPath, agentBinary}}
 	for _, f := range s.Files {
-		paths = append(paths, s.FilePath(f))
+		inputs = append(inputs, input{f.Dst, s.FilePath(f)})
 	}
-	for _, p := range paths {
+	for _, in := range inputs {
+		p := in.path
 		f, err := os.Open(p)
 		if err != nil {
 			return "", fmt.Errorf("hash input %s: %w", p, err)
 		}
-		fmt.Fprintf(h, "\n%s\n", p)
+		fmt.Fprintf(h, "\n%s\n", in.name)
 		_, err = io.Copy(h, f)
 		f.Close()
 		if err != nil {

@@ -17,6 +17,10 @@ func runDown(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	inst := home.Instance(t.name)
+	if _, err := os.Stat(inst.Dir); os.IsNotExist(err) {
+		fmt.Fprintf(e.stderr, "%s is not running\n", t.name)
+		return nil
+	}
 	release, err := machine.Lock(inst)
 	if err != nil {
 		return err

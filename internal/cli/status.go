@@ -105,23 +105,19 @@ func runStatus(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	var names []string
+	all := false
 	if len(pos) == 0 && !flagSet(fs, "f") {
 		if _, err := os.Stat(spec.DefaultFile); err != nil {
 			// No stack here: every instance emu knows.
-			ents, _ := os.ReadDir(home.Instances())
-			for _, ent := range ents {
-				if ent.IsDir() {
-					names = append(names, ent.Name())
-				}
-			}
-			sort.Strings(names)
+			all = true
+			names = knownInstances(home)
 			if len(names) == 0 && !*jsonOut {
 				fmt.Fprintln(e.stdout, "no instances")
 				return nil
 			}
 		}
 	}
-	if names == nil {
+	if !all {
 		t, err := resolve(home, *file, flagSet(fs, "f"), pos)
 		if err != nil {
 			return err
@@ -133,4 +129,18 @@ func runStatus(ctx context.Context, e *env, args []string) error {
 		reps = append(reps, report(ctx, home, n))
 	}
 	return writeReports(e, reps, *jsonOut)
+}
+
+// knownInstances lists the instances that were ever started (they have
+// state), sorted.
+func knownInstances(home store.Home) []string {
+	var names []string
+	ents, _ := os.ReadDir(home.Instances())
+	for _, ent := range ents {
+		if _, err := os.Stat(home.Instance(ent.Name()).State()); ent.IsDir() && err == nil {
+			names = append(names, ent.Name())
+		}
+	}
+	sort.Strings(names)
+	return names
 }

@@ -137,7 +137,7 @@ func ensureBundle(ctx context.Context, e *env, home store.Home, inst store.Insta
 	if reason == "" {
 		return nil
 	}
-	if _, err := os.Stat(inst.Overlay()); err == nil && man.Name != "" {
+	if _, err := os.Stat(inst.Overlay()); err == nil {
 		return withHint{
 			err:  fmt.Errorf("%s: %s, and the instance keeps data on top of the current image", t.name, reason),
 			hint: "emu reset, then emu up, rebuilds and starts fresh (the data is lost); emu up --no-build runs the image you have",

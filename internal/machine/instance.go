@@ -101,8 +101,16 @@ func startTime(pid int) (uint64, error) {
 	if len(f) < 20 {
 		return 0, fmt.Errorf("parse /proc/%d/stat", pid)
 	}
+	// A zombie (killed, not yet reaped by its parent) is not running.
+	if f[0] == "Z" || f[0] == "X" {
+		return 0, errExited
+	}
 	return strconv.ParseUint(f[19], 10, 64)
 }
+
+// errExited: the process has exited (its leader is a zombie), though
+// its other threads may still be letting go of its files and ports.
+var errExited = errors.New("process has exited")
 
 // RunningPID returns the pid of the instance's live QEMU. A pid file whose
 // process is gone (QEMU or emu killed with -9, a reboot) is stale: it and
@@ -118,8 +126,14 @@ func RunningPID(inst store.Instance) (int, error) {
 	var pid int
 	var st uint64
 	if _, err := fmt.Sscanf(string(b), "%d %d", &pid, &st); err == nil && pid > 0 {
-		if now, err := startTime(pid); err == nil && now == st {
+		now, err := startTime(pid)
+		if err == nil && now == st {
 			return pid, nil
+		}
+		if errors.Is(err, errExited) {
+			// Killed moments ago: wait until every thread is gone, so its
+			// ports and sockets are free for the next start.
+			waitExit(context.Background(), pid, 10*time.Second)
 		}
 	}
 	clearRuntime(inst)
@@ -376,6 +390,9 @@ func Stop(ctx context.Context, inst store.Instance, log *slog.Logger, say func(s
 		return nil
 	} else if err != nil {
 		say("qmp: " + err.Error())
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("stop %s: interrupted: %w", inst.Name, err)
 	}
 	say("sending SIGTERM to qemu")
 	syscall.Kill(pid, syscall.SIGTERM)

@@ -34,11 +34,11 @@ type VerifyOptions struct {
 
 // Timings split a boot check.
 type Timings struct {
-	Start    time.Duration // QEMU started and channel connected
-	Hello    time.Duration // boot to the agent's hello
-	Services time.Duration // hello to every service healthy
-	Ready    time.Duration // total: start to ready
-	PowerOff time.Duration // shutdown request to QEMU exit
+	Start    time.Duration `json:"qemu_start_ns"` // QEMU started and channel connected
+	Hello    time.Duration `json:"boot_ns"`       // boot to the agent's hello
+	Services time.Duration `json:"services_ns"`   // hello to every service healthy
+	Ready    time.Duration `json:"ready_ns"`      // total: start to ready
+	PowerOff time.Duration `json:"power_off_ns,omitempty"`
 }
 
 // VerifyError is a boot check that did not reach ready.

@@ -14,6 +14,9 @@ const (
 	DefaultHTTPStatus    = 200
 	DefaultHTTPPath      = "/"
 	DefaultStepTimeout   = Duration(10 * time.Minute)
+	DefaultCompress      = "upx"
+	DefaultUPXLevel      = 9
+	DefaultVerifyTimeout = Duration(30 * time.Second)
 )
 
 // setDefaults fills in every field left empty that has a default. Parse
@@ -36,6 +39,9 @@ func (s *Stack) setDefaults() {
 	}
 	if s.VM.Disk == 0 {
 		s.VM.Disk = DefaultDisk
+	}
+	for i := range s.Files {
+		s.Files[i].Optimize.setDefaults()
 	}
 	for name, svc := range s.Services {
 		if svc.Health.Timeout == 0 {
@@ -60,5 +66,25 @@ func (s *Stack) setDefaults() {
 		if s.Bake[i].Timeout == 0 {
 			s.Bake[i].Timeout = DefaultStepTimeout
 		}
+	}
+}
+
+// DefaultOptimize is what `optimize: true` means.
+func DefaultOptimize() Optimize {
+	return Optimize{Enabled: true, Strip: true, Compress: DefaultCompress, Level: DefaultUPXLevel}
+}
+
+func (o *Optimize) setDefaults() {
+	if !o.Enabled {
+		return
+	}
+	if o.Compress == "" {
+		o.Compress = DefaultCompress
+	}
+	if o.Level == 0 {
+		o.Level = DefaultUPXLevel
+	}
+	if o.Verify != nil && o.Verify.Timeout == 0 {
+		o.Verify.Timeout = DefaultVerifyTimeout
 	}
 }

@@ -314,7 +314,7 @@ func goTypeName(t string) string {
 // yamlTypes are the stack file's struct types by the name yaml gives them.
 var yamlTypes = func() map[string]reflect.Type {
 	m := map[string]reflect.Type{}
-	for _, v := range []any{Stack{}, Base{}, VM{}, File{}, Service{}, Port{}, Health{}, HTTPHealth{}, Step{}, Slim{}} {
+	for _, v := range []any{Stack{}, Base{}, VM{}, File{}, Service{}, Port{}, Health{}, HTTPHealth{}, Step{}, Slim{}, Optimize{}, Verify{}} {
 		t := reflect.TypeOf(v)
 		m[t.String()] = t
 	}

@@ -45,6 +45,37 @@ type File struct {
 	Dst string `yaml:"dst" json:"dst"`
 	// Mode is the guest file mode (default: the source's mode).
 	Mode FileMode `yaml:"mode" json:"mode,omitempty"`
+	// Optimize strips and compresses the file at build time, and proves the
+	// result still runs; unset leaves the file as it is.
+	Optimize Optimize `yaml:"optimize" json:"optimize,omitzero"`
+}
+
+// Optimize is written `optimize: true` (the defaults) or as a mapping. Its
+// zero value (or `optimize: false`) means the file is copied as it is.
+type Optimize struct {
+	// Enabled is set by `optimize: true` or any mapping.
+	Enabled bool `yaml:"-" json:"enabled"`
+	// Strip removes symbols (default true).
+	Strip bool `yaml:"strip" json:"strip"`
+	// Compress is "upx" (default) or "none".
+	Compress string `yaml:"compress" json:"compress,omitempty"`
+	// Level is UPX's level, 1 to 9 (default 9), or 10 for --best.
+	Level int `yaml:"level" json:"level,omitempty"`
+	// LZMA makes UPX use LZMA: smaller, slower to start.
+	LZMA bool `yaml:"lzma" json:"lzma,omitempty"`
+	// Verify runs each candidate; without it nothing is run.
+	Verify *Verify `yaml:"verify" json:"verify,omitempty"`
+}
+
+// Verify runs a binary and checks how it exits. Written as a mapping, or as
+// a list: the arguments alone.
+type Verify struct {
+	Args []string `yaml:"args" json:"args,omitempty"`
+	// Exit is the expected exit code (default 0).
+	Exit int `yaml:"exit" json:"exit"`
+	// Output, when set, must appear in the combined stdout and stderr.
+	Output  string   `yaml:"output" json:"output,omitempty"`
+	Timeout Duration `yaml:"timeout" json:"timeout,omitempty"`
 }
 
 // Service is a long-running process in the guest: either a systemd unit the

@@ -146,6 +146,7 @@ func (s *Stack) checkFiles(c *checker) {
 		} else if !fi.Mode().IsRegular() {
 			c.addf(field+".src", "source %s is not a regular file", f.Src)
 		}
+		checkOptimize(c, field+".optimize", f.Optimize)
 		if !checkGuestPath(c, field+".dst", f.Dst) {
 			continue
 		}
@@ -162,6 +163,35 @@ func (s *Stack) checkFiles(c *checker) {
 			c.addf(field+".dst", "destination %s already used by files[%d]", f.Dst, j)
 		} else {
 			dsts[f.Dst] = i
+		}
+	}
+}
+
+func checkOptimize(c *checker, field string, o Optimize) {
+	if !o.Enabled {
+		return
+	}
+	switch o.Compress {
+	case CompressUPX:
+		if o.Level < 1 || o.Level > 10 {
+			c.addf(field+".level", "level %d out of range: want 1 to 9, or 10 for UPX's --best", o.Level)
+		}
+	case CompressNone:
+		if o.LZMA {
+			c.addf(field+".lzma", "lzma is a UPX method: set compress: upx, or remove lzma")
+		}
+		if !o.Strip {
+			c.addf(field, "strip: false and compress: none leave nothing to do: remove optimize")
+		}
+	default:
+		c.addf(field+".compress", "unknown compression %q: want upx or none", o.Compress)
+	}
+	if v := o.Verify; v != nil {
+		if v.Exit < 0 || v.Exit > 255 {
+			c.addf(field+".verify.exit", "exit code %d out of range: want 0 to 255", v.Exit)
+		}
+		if v.Timeout <= 0 {
+			c.addf(field+".verify.timeout", "timeout %s must be positive", v.Timeout.D())
 		}
 	}
 }
