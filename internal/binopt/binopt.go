@@ -5,7 +5,6 @@
 package binopt
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"runtime"

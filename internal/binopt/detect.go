@@ -86,6 +86,9 @@ func Detect(path, arch string) (Kind, error) {
 		return skip(NotELF, "not an ELF file")
 	}
 	ef, err := elf.NewFile(f)
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+		return skip(Corrupt, "truncated: its ELF headers run past the end of the file (%d bytes)", fi.Size())
+	}
 	if err != nil {
 		return skip(Corrupt, "unreadable ELF: %v", err)
 	}

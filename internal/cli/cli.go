@@ -54,6 +54,7 @@ func init() {
 		"schema":  {"print the stack file's JSON Schema", runSchema},
 		"version": {"print emu's version", runVersion},
 	}
+	verbs["optimize"] = verb{"strip and UPX-compress binaries in place, keeping only results that still run", runOptimize}
 }
 
 // Main runs emu with args (without the program name) and returns the exit
