@@ -120,9 +120,10 @@ func TestDemoBuildAndVerify(t *testing.T) {
 // service that never becomes healthy.
 func lifecycle(ctx context.Context, t *testing.T, home, bundleDir string) {
 	inst := store.At(home).Instance("demo")
+	mark := inst.Dir // every QEMU of this test names files in it
 	t.Cleanup(func() {
 		run(context.Background(), "down", bundleDir)
-		for _, pid := range qemuPids("emu-demo") {
+		for _, pid := range qemuPids(mark) {
 			syscall.Kill(pid, syscall.SIGKILL)
 		}
 	})
@@ -142,7 +143,7 @@ func lifecycle(ctx context.Context, t *testing.T, home, bundleDir string) {
 		if code != 0 {
 			t.Fatalf("emu down exited %d:\n%s", code, stderr)
 		}
-		if pids := qemuPids("emu-demo"); len(pids) > 0 {
+		if pids := qemuPids(mark); len(pids) > 0 {
 			t.Fatalf("qemu still running after down: %v", pids)
 		}
 	}
@@ -158,7 +159,7 @@ func lifecycle(ctx context.Context, t *testing.T, home, bundleDir string) {
 	if _, stderr, code := run(ctx, "up", bundleDir, portFlag); code != 0 || !strings.Contains(stderr, "already running") {
 		t.Errorf("second up: exit %d:\n%s", code, stderr)
 	}
-	if n := len(qemuPids("emu-demo")); n != 1 {
+	if n := len(qemuPids(mark)); n != 1 {
 		t.Errorf("%d qemu processes after a second up, want 1", n)
 	}
 	down(t)
@@ -173,10 +174,10 @@ func lifecycle(ctx context.Context, t *testing.T, home, bundleDir string) {
 	}
 
 	// kill -9 of QEMU: status notices, clears the stale pid, and up recovers.
-	for _, pid := range qemuPids("emu-demo") {
+	for _, pid := range qemuPids(mark) {
 		syscall.Kill(pid, syscall.SIGKILL)
 	}
-	waitGone(t, "emu-demo")
+	waitGone(t, mark)
 	stdout, _, code := run(ctx, "status", bundleDir, "--json")
 	if code != 0 || !strings.Contains(stdout, `"running": false`) {
 		t.Errorf("status after kill -9: exit %d: %s", code, stdout)
@@ -200,7 +201,7 @@ func lifecycle(ctx context.Context, t *testing.T, home, bundleDir string) {
 	if code == 0 || !strings.Contains(stderr, "api (http)") || !strings.Contains(stderr, "in use") {
 		t.Errorf("up with the port taken: exit %d:\n%s", code, stderr)
 	}
-	if pids := qemuPids("emu-demo"); len(pids) > 0 {
+	if pids := qemuPids(mark); len(pids) > 0 {
 		t.Errorf("qemu started although the port was taken")
 	}
 
@@ -209,7 +210,7 @@ func lifecycle(ctx context.Context, t *testing.T, home, bundleDir string) {
 	if code == 0 || !strings.Contains(stderr, "service api") || !strings.Contains(stderr, "503") {
 		t.Errorf("up with an unhealthy api: exit %d:\n%s", code, stderr)
 	}
-	if pids := qemuPids("emu-demo"); len(pids) > 0 {
+	if pids := qemuPids(mark); len(pids) > 0 {
 		t.Errorf("qemu left running after a failed up: %v", pids)
 	}
 
@@ -261,8 +262,9 @@ func httpBody(t *testing.T, url string) string {
 	return string(b)
 }
 
-// qemuPids lists QEMU processes whose -name is name.
-func qemuPids(name string) []int {
+// qemuPids lists QEMU processes whose command line holds mark (the test's
+// own state directory: other emu instances on the machine do not count).
+func qemuPids(mark string) []int {
 	var pids []int
 	ms, _ := filepath.Glob("/proc/[0-9]*/cmdline")
 	for _, m := range ms {
@@ -271,7 +273,7 @@ func qemuPids(name string) []int {
 			continue
 		}
 		args := strings.Split(string(b), "\x00")
-		if strings.Contains(args[0], "qemu-system") && bytes.Contains(b, []byte("\x00"+name+"\x00")) {
+		if strings.Contains(args[0], "qemu-system") && bytes.Contains(b, []byte(mark)) {
 			pid, _ := strconv.Atoi(filepath.Base(filepath.Dir(m)))
 			pids = append(pids, pid)
 		}
@@ -279,14 +281,13 @@ func qemuPids(name string) []int {
 	return pids
 }
 
-// waitGone waits until no QEMU named name is left (a killed process is
-// reaped by init, not by us).
-func waitGone(t *testing.T, name string) {
+// waitGone waits until no QEMU marked mark is left.
+func waitGone(t *testing.T, mark string) {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
-	for len(qemuPids(name)) > 0 {
+	for len(qemuPids(mark)) > 0 {
 		if time.Now().After(deadline) {
-			t.Fatalf("qemu %s did not go away", name)
+			t.Fatalf("qemu %s did not go away", mark)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
