@@ -54,6 +54,8 @@ func InputHash(s *spec.Stack, agentBinary string) (string, error) {
 	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
+func raw(b *builder) string { return filepath.Join(b.work, store.WorkDisk) }
+
 // compress converts the provisioned disk into the staged bundle's qcow2.
 func (b *builder) compress(ctx context.Context) (map[string]string, error) {
 	if err := os.MkdirAll(b.staged, 0o755); err != nil {
@@ -64,7 +66,7 @@ func (b *builder) compress(ctx context.Context) (map[string]string, error) {
 	if err := disk.AddJournal(ctx, b.opts.Runner, raw); err != nil {
 		return nil, err
 	}
-	if err := disk.Compress(ctx, b.opts.Runner, raw, dst, disk.Zstd); err != nil {
+	if err := disk.Pack(ctx, raw, dst, disk.PackLevel); err != nil {
 		return nil, err
 	}
 	fi, err := os.Stat(dst)
@@ -134,6 +136,14 @@ func (b *builder) bundle(ctx context.Context) (map[string]string, error) {
 	}
 	if err := disk.SwapDir(b.staged, b.final); err != nil {
 		return nil, err
+	}
+	// The raw disk is what the packed one unpacks to: hand it to the disk
+	// cache now, so the first boot needs no unpacking.
+	cached := filepath.Join(b.opts.Home.DiskCache(), m.Files[store.BundleDisk].SHA256)
+	if err := os.MkdirAll(cached, 0o755); err == nil {
+		if err := os.Rename(raw(b), filepath.Join(cached, disk.PackedName)); err != nil {
+			os.Remove(cached)
+		}
 	}
 	return map[string]string{"size": strconv.FormatInt(total, 10)}, nil
 }

@@ -16,6 +16,7 @@ import (
 
 	"github.com/emu-dev/emu/internal/accel"
 	"github.com/emu-dev/emu/internal/build"
+	"github.com/emu-dev/emu/internal/disk"
 	"github.com/emu-dev/emu/internal/event"
 	"github.com/emu-dev/emu/internal/qemu"
 	"github.com/emu-dev/emu/internal/spec"
@@ -208,9 +209,15 @@ func TestVMBuildSucceeds(t *testing.T) {
 		t.Errorf("step output = %q", joined)
 	}
 	// The bake's secret must be nowhere in the bundle, the disk included.
-	raw := filepath.Join(t.TempDir(), "disk.raw")
-	if out, err := exec.Command("qemu-img", "convert", "-O", "raw", filepath.Join(res.Dir, store.BundleDisk), raw).CombinedOutput(); err != nil {
-		t.Fatalf("qemu-img convert: %v: %s", err, out)
+	raw, err := disk.Unpack(context.Background(), filepath.Join(res.Dir, store.BundleDisk), filepath.Join(t.TempDir(), "unpacked"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The build handed the same disk to the disk cache: the first boot
+	// needs no unpacking, and it is byte for byte what the bundle holds.
+	cached := filepath.Join(e.opts.Home.DiskCache(), res.Manifest.Files[store.BundleDisk].SHA256, disk.PackedName)
+	if out, err := exec.Command("cmp", raw, cached).CombinedOutput(); err != nil {
+		t.Errorf("cached disk differs from the bundle's: %v: %s", err, out)
 	}
 	for _, f := range []string{raw, filepath.Join(res.Dir, store.BundleLog), filepath.Join(res.Dir, store.BundleManifest), filepath.Join(res.Dir, store.BundleInitrd)} {
 		if containsFile(t, f, secret) {

@@ -94,7 +94,7 @@ func runUp(ctx context.Context, e *env, args []string) error {
 	view := progress.New(w, mode)
 	start := time.Now()
 	info, err := machine.Up(ctx, machine.UpOptions{
-		Instance: inst, Bundle: t.bundle, Manifest: man, Accel: choice, Ports: mports,
+		Instance: inst, DiskCache: home.DiskCache(), Bundle: t.bundle, Manifest: man, Accel: choice, Ports: mports,
 		Env: env, Timeout: *timeout, Sink: view, Log: e.log,
 	})
 	view.Close()

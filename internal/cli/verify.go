@@ -58,7 +58,7 @@ func runVerify(ctx context.Context, e *env, args []string) error {
 	}
 	view := progress.New(w, mode)
 	t, err := machine.Verify(ctx, machine.VerifyOptions{
-		Bundle: dir, Accel: choice, WorkDir: home.Work(), LogDir: home.VerifyLogs(man.Name),
+		Bundle: dir, DiskCache: home.DiskCache(), Accel: choice, WorkDir: home.Work(), LogDir: home.VerifyLogs(man.Name),
 		Timeout: *timeout, Sink: view, Log: e.log,
 	})
 	view.Close()

@@ -83,14 +83,14 @@ func Compress(ctx context.Context, r Runner, src, dst string, c Compression) err
 	return nil
 }
 
-// CreateOverlay creates a qcow2 at dst backed by base (read-only use of
-// base: every write lands in dst).
+// CreateOverlay creates a qcow2 at dst backed by base, a raw disk
+// (read-only use of base: every write lands in dst).
 func CreateOverlay(ctx context.Context, r Runner, base, dst string) error {
 	abs, err := filepath.Abs(base)
 	if err != nil {
 		return fmt.Errorf("create overlay %s on %s: %w", dst, base, err)
 	}
-	if _, err := r.Run(ctx, "qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", abs, dst); err != nil {
+	if _, err := r.Run(ctx, "qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", abs, dst); err != nil {
 		return fmt.Errorf("create overlay %s on %s: %w", dst, base, err)
 	}
 	return nil

@@ -171,6 +171,8 @@ func writeInfo(inst store.Instance, info Info) error {
 // UpOptions configure emu up.
 type UpOptions struct {
 	Instance store.Instance
+	// DiskCache holds unpacked bundle disks (store.Home.DiskCache).
+	DiskCache string
 	Bundle   string
 	Manifest bundle.Manifest
 	Accel    accel.Choice
@@ -212,7 +214,6 @@ func (e *UpError) Detail() string {
 // stopped again; the overlay (the data) is kept.
 func Up(ctx context.Context, o UpOptions) (Info, error) {
 	inst := o.Instance
-	diskPath := filepath.Join(o.Bundle, store.BundleDisk)
 	sum := o.Manifest.Files[store.BundleDisk].SHA256
 	info, ierr := ReadInfo(inst)
 	if _, err := os.Stat(inst.Overlay()); err == nil && ierr == nil && info.DiskSHA256 != sum {
@@ -220,7 +221,11 @@ func Up(ctx context.Context, o UpOptions) (Info, error) {
 			"the data (overlay) no longer fits the new image; run `emu reset` to start fresh from the new image")}
 	}
 	if _, err := os.Stat(inst.Overlay()); errors.Is(err, os.ErrNotExist) {
-		if err := disk.CreateOverlay(ctx, command.Exec{}, diskPath, inst.Overlay()); err != nil {
+		base, err := BaseDisk(ctx, o.DiskCache, o.Bundle, o.Manifest)
+		if err != nil {
+			return Info{}, err
+		}
+		if err := disk.CreateOverlay(ctx, command.Exec{}, base, inst.Overlay()); err != nil {
 			return Info{}, err
 		}
 	}

@@ -21,6 +21,8 @@ import (
 // VerifyOptions configure a boot check of a bundle.
 type VerifyOptions struct {
 	Bundle string // the bundle directory
+	// DiskCache holds unpacked bundle disks (store.Home.DiskCache).
+	DiskCache string
 	Accel  accel.Choice
 	// WorkDir holds the throwaway overlay and the logs; it is removed after.
 	WorkDir string
@@ -99,7 +101,11 @@ func Verify(ctx context.Context, opts VerifyOptions) (Timings, error) {
 	}
 	defer os.RemoveAll(work)
 	overlay := filepath.Join(work, "overlay.qcow2")
-	if err := disk.CreateOverlay(ctx, command.Exec{}, filepath.Join(opts.Bundle, store.BundleDisk), overlay); err != nil {
+	base, err := BaseDisk(ctx, opts.DiskCache, opts.Bundle, man)
+	if err != nil {
+		return t, err
+	}
+	if err := disk.CreateOverlay(ctx, command.Exec{}, base, overlay); err != nil {
 		return t, err
 	}
 	logDir := opts.LogDir

@@ -71,7 +71,7 @@ func TestVMInstanceLifecycle(t *testing.T) {
 			t.Errorf("second Lock = %v, want busy", err)
 		}
 		rec := &event.Recorder{}
-		info, err := machine.Up(ctx, machine.UpOptions{Instance: inst, Bundle: dir, Manifest: man, Accel: tcg, Sink: rec})
+		info, err := machine.Up(ctx, machine.UpOptions{Instance: inst, DiskCache: home.DiskCache(), Bundle: dir, Manifest: man, Accel: tcg, Sink: rec})
 		if err != nil {
 			t.Fatalf("Up: %v", err)
 		}
@@ -143,7 +143,7 @@ func TestVMInstanceRefusesChangedImage(t *testing.T) {
 	os.MkdirAll(inst.Dir, 0o755)
 	os.WriteFile(inst.Overlay(), []byte("x"), 0o644)
 	os.WriteFile(inst.State(), []byte(`{"name":"tinyrun","disk_sha256":"other"}`), 0o644)
-	_, err := machine.Up(context.Background(), machine.UpOptions{Instance: inst, Bundle: dir, Manifest: man, Accel: tcg})
+	_, err := machine.Up(context.Background(), machine.UpOptions{Instance: inst, DiskCache: home.DiskCache(), Bundle: dir, Manifest: man, Accel: tcg})
 	if err == nil || !contains(err.Error(), "emu reset") {
 		t.Fatalf("Up on a changed image = %v, want a refusal that says emu reset", err)
 	}

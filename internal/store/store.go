@@ -58,6 +58,10 @@ func (h Home) Images() string { return filepath.Join(h.Data, "images") }
 // RootfsCache holds root filesystem tarballs by content hash.
 func (h Home) RootfsCache() string { return filepath.Join(h.Cache, "rootfs") }
 
+// DiskCache holds unpacked bundle disks, one directory per packed disk's
+// sha256; instances' overlays are backed by them.
+func (h Home) DiskCache() string { return filepath.Join(h.Cache, "disks") }
+
 // AccelCache is the accelerator probe's answer.
 func (h Home) AccelCache() string { return filepath.Join(h.Cache, "accel.json") }
 
@@ -114,7 +118,9 @@ func (i Instance) State() string { return filepath.Join(i.Dir, "instance.json") 
 
 // Bundle file names.
 const (
-	BundleDisk     = "disk.qcow2"
+	// BundleDisk is the disk packed as one zstd stream (disk.Pack); it is
+	// unpacked once per host into DiskCache before it boots.
+	BundleDisk     = "disk.tar.zst"
 	BundleKernel   = "vmlinuz"
 	BundleInitrd   = "initrd.img"
 	BundleManifest = "manifest.json"
