@@ -173,15 +173,15 @@ type UpOptions struct {
 	Instance store.Instance
 	// DiskCache holds unpacked bundle disks (store.Home.DiskCache).
 	DiskCache string
-	Bundle   string
-	Manifest bundle.Manifest
-	Accel    accel.Choice
-	Ports    []Port
-	Env      map[string]string
-	Timeout  time.Duration
-	Sink     event.Sink
-	Log      *slog.Logger
-	QEMU     string
+	Bundle    string
+	Manifest  bundle.Manifest
+	Accel     accel.Choice
+	Ports     []Port
+	Env       map[string]string
+	Timeout   time.Duration
+	Sink      event.Sink
+	Log       *slog.Logger
+	QEMU      string
 }
 
 // UpError is an instance that did not become ready.

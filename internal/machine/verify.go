@@ -23,7 +23,7 @@ type VerifyOptions struct {
 	Bundle string // the bundle directory
 	// DiskCache holds unpacked bundle disks (store.Home.DiskCache).
 	DiskCache string
-	Accel  accel.Choice
+	Accel     accel.Choice
 	// WorkDir holds the throwaway overlay and the logs; it is removed after.
 	WorkDir string
 	// LogDir keeps the console log of the check; "" keeps none.
