@@ -45,7 +45,10 @@ type Options struct {
 	// SlimDefaults are the globs removed after every bake besides the
 	// request's own; nil means DefaultSlim. Tests point it at a temp dir.
 	SlimDefaults []string
-	Version      string
+	// OptimizeDir holds the host's optimized candidates; default
+	// OptimizeDir. Tests point it at a temp dir.
+	OptimizeDir string
+	Version     string
 }
 
 // Agent is one running agent.
@@ -79,6 +82,9 @@ func Start(ctx context.Context, opts Options) error {
 	}
 	if opts.SlimDefaults == nil {
 		opts.SlimDefaults = DefaultSlim
+	}
+	if opts.OptimizeDir == "" {
+		opts.OptimizeDir = OptimizeDir
 	}
 	a := &Agent{
 		opts:    opts,
@@ -221,6 +227,10 @@ func (a *Agent) provision(ctx context.Context, reqs <-chan event.Request) error 
 			break
 		}
 		a.emit(event.New(event.Log, "", fmt.Sprintf("ignoring %s request while waiting to provision", req.Op)))
+	}
+	// Before the services: they run the binaries chosen here.
+	if err := a.optimize(ctx, req.Optimize); err != nil {
+		return a.fail(OptimizeStage, err)
 	}
 	if svcs := subset(a.opts.Config.Services, req.Services); len(svcs) > 0 {
 		a.emit(event.New(event.StageStart, "services", "start services for the bake"))

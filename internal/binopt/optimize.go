@@ -178,8 +178,13 @@ func (o *optimizer) originalPasses() (bool, error) {
 	return true, nil
 }
 
+// candidate returns where candidate c goes: dir/c/name, or dir/c itself
+// without a name (Prepare's layout).
 func (o *optimizer) candidate(c Candidate) (string, error) {
 	d := filepath.Join(o.dir, string(c))
+	if o.name == "" {
+		return d, nil
+	}
 	if err := os.Mkdir(d, 0o700); err != nil {
 		return "", err
 	}
@@ -255,6 +260,11 @@ func (o *optimizer) accept(c Candidate, path string) (bool, error) {
 	if c != Compressed {
 		return true, nil
 	}
+	return o.upxTest(path)
+}
+
+// upxTest runs upx -t on a compressed candidate.
+func (o *optimizer) upxTest(path string) (bool, error) {
 	if msg, err := o.r.Run(o.ctx, o.opts.UPX, "-t", "-q", path); err != nil {
 		if o.ctx.Err() != nil {
 			return false, o.ctx.Err()
@@ -319,7 +329,8 @@ func (o *optimizer) why(out []byte, err error) string {
 
 func (o *optimizer) scrub(s string) string {
 	for _, c := range []Candidate{Stripped, Compressed} {
-		s = strings.ReplaceAll(s, filepath.Join(o.dir, string(c), o.name), string(c)+" "+o.name)
+		path := filepath.Join(o.dir, string(c), o.name)
+		s = strings.ReplaceAll(s, path, strings.TrimSpace(string(c)+" "+o.name))
 	}
 	return s
 }

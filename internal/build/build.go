@@ -81,6 +81,7 @@ type builder struct {
 	kernel  string
 	initrd  string
 	man     bundle.Manifest
+	bins    binaries // files[].optimize, from inject to the manifest
 
 	logMu   sync.Mutex
 	logFile *os.File

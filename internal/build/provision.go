@@ -41,6 +41,7 @@ func (b *builder) provision(ctx context.Context) (map[string]string, error) {
 	for _, name := range s.ServiceNames() {
 		total += s.Services[name].Health.Timeout.D()
 	}
+	total += b.bins.budget
 	ctx, cancel := context.WithTimeout(ctx, total)
 	defer cancel()
 
@@ -78,11 +79,14 @@ func (b *builder) provision(ctx context.Context) (map[string]string, error) {
 				b.record(e)
 			} else {
 				b.emit(e)
+				b.observe(e)
 			}
 			switch e.Kind {
 			case event.Hello:
 				hello.Stop()
-				if err := m.Send(provisionRequest(s)); err != nil {
+				req := provisionRequest(s)
+				req.Optimize = b.bins.items
+				if err := m.Send(req); err != nil {
 					return nil, err
 				}
 			case event.Failed:

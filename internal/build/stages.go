@@ -48,7 +48,7 @@ func (b *builder) inject(ctx context.Context) (map[string]string, error) {
 	if err := guest.Write(tree, files); err != nil {
 		return nil, err
 	}
-	for _, f := range b.opts.Stack.Files {
+	for i, f := range b.opts.Stack.Files {
 		src := b.opts.Stack.FilePath(f)
 		mode := os.FileMode(f.Mode)
 		if mode == 0 {
@@ -60,6 +60,11 @@ func (b *builder) inject(ctx context.Context) (map[string]string, error) {
 		}
 		if err := copyFile(src, filepath.Join(tree, f.Dst), mode); err != nil {
 			return nil, fmt.Errorf("add file %s as %s: %w", f.Src, f.Dst, err)
+		}
+		if f.Optimize.Enabled {
+			if err := b.optimizeFile(ctx, tree, i, f, src, mode); err != nil {
+				return nil, err
+			}
 		}
 	}
 	size, err := treeSize(tree)

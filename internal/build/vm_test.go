@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -15,7 +16,9 @@ import (
 	"time"
 
 	"github.com/emu-dev/emu/internal/accel"
+	"github.com/emu-dev/emu/internal/binopt"
 	"github.com/emu-dev/emu/internal/build"
+	"github.com/emu-dev/emu/internal/bundle"
 	"github.com/emu-dev/emu/internal/disk"
 	"github.com/emu-dev/emu/internal/event"
 	"github.com/emu-dev/emu/internal/qemu"
@@ -405,4 +408,201 @@ func TestVMKeepOnFailure(t *testing.T) {
 		t.Errorf("detail does not say where: %s", be.Detail())
 	}
 	e.checkAftermath(t, false)
+}
+
+// needTools skips t without the tools (fails in CI, where they belong).
+func needTools(t *testing.T, tools ...string) {
+	t.Helper()
+	for _, tool := range tools {
+		if _, err := exec.LookPath(tool); err != nil {
+			if os.Getenv("CI") != "" {
+				t.Fatalf("VM test needs %s: %v", tool, err)
+			}
+			t.Skipf("VM test needs %s: %v", tool, err)
+		}
+	}
+}
+
+const optGoProg = `package main
+
+import (
+	"fmt"
+	"os"
+)
+
+func main() {
+	if len(os.Args) > 1 && os.Args[1] == "--version" {
+		fmt.Println("hello-go 1.0")
+		return
+	}
+	os.Exit(3)
+}
+`
+
+// optCProg passes "selfcheck N" only while its own file has N bytes or
+// more: stripped it does, compressed by UPX it no longer does.
+const optCProg = `#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+int main(int argc, char **argv) {
+	struct stat st;
+	if (argc > 2 && strcmp(argv[1], "selfcheck") == 0) {
+		if (stat("/proc/self/exe", &st) != 0) return 2;
+		if (st.st_size < atol(argv[2])) {
+			printf("hello-c too small: %ld bytes\n", (long)st.st_size);
+			return 1;
+		}
+		puts("hello-c intact");
+		return 0;
+	}
+	puts("hello-c 1.0");
+	return 0;
+}
+`
+
+// TestVMOptimize builds with files[].optimize on the tiny guest: a static Go
+// binary ends up compressed, a C binary that breaks under UPX stripped, a
+// script untouched, each proven in the guest, and no candidate stays.
+func TestVMOptimize(t *testing.T) {
+	vmtest.Skip(t)
+	needTools(t, "gcc", "strip", "debugfs", "go")
+	if _, err := binopt.FindUPX(); err != nil {
+		needTools(t, "upx")
+	}
+	dir := t.TempDir()
+	write := func(name, data string, mode os.FileMode) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(data), mode); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	goSrc := write("main.go", optGoProg, 0o644)
+	cmd := exec.Command("go", "build", "-o", filepath.Join(dir, "hello-go"), goSrc)
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v: %s", err, out)
+	}
+	cSrc := write("hello.c", optCProg, 0o644)
+	if out, err := exec.Command("gcc", "-static", "-O2", "-o", filepath.Join(dir, "hello-c"), cSrc).CombinedOutput(); err != nil {
+		t.Fatalf("gcc -static: %v: %s", err, out)
+	}
+	write("hello.sh", "#!/bin/sh\necho hello\n", 0o755)
+	fi, err := os.Stat(filepath.Join(dir, "hello-c"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Stripping a static glibc binary keeps most of it; UPX takes it
+	// under half.
+	minSize := strconv.FormatInt(fi.Size()/2, 10)
+	stack := `name: tiny-opt
+base: {suite: trixie}
+vm: {cpus: 1, memory: 256MiB, disk: 1GiB}
+files:
+  - {src: hello-go, dst: /usr/local/bin/hello-go, optimize: {verify: {args: [--version], output: "hello-go 1.0"}}}
+  - {src: hello-c, dst: /usr/local/bin/hello-c, optimize: {verify: {args: [selfcheck, "` + minSize + `"], output: intact}}}
+  - {src: hello.sh, dst: /usr/local/bin/hello.sh, optimize: true}
+bake:
+  - name: use
+    run: [/usr/local/bin/hello-go, --version]
+`
+	s, err := spec.Load(write("emu.yaml", stack, 0o644))
+	if err != nil {
+		t.Fatalf("load stack: %v", err)
+	}
+	e := newEnv(t, s)
+	res, err := build.Build(context.Background(), e.opts)
+	if err != nil {
+		t.Fatalf("Build: %v\n%s", err, detail(err))
+	}
+	m, err := bundle.Read(res.Dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(m.Binaries) != 3 {
+		t.Fatalf("manifest has %d binaries, want 3: %+v", len(m.Binaries), m.Binaries)
+	}
+	checks := func(r binopt.Report) string {
+		var out []string
+		for _, c := range r.Checks {
+			verdict := "ok"
+			if !c.OK {
+				verdict = c.Reason
+			}
+			out = append(out, string(c.Candidate)+" "+verdict)
+		}
+		return strings.Join(out, ", ")
+	}
+	for _, r := range m.Binaries {
+		t.Logf("%s: %s, %d/%d/%d bytes, chosen %s, checks %s; %s", r.Path, r.Kind, r.Original, r.Stripped, r.Compressed, r.Chosen, checks(r), r.Reason)
+	}
+	goRep, cRep, shRep := m.Binaries[0], m.Binaries[1], m.Binaries[2]
+	if goRep.Path != "/usr/local/bin/hello-go" || goRep.Chosen != binopt.Compressed || !goRep.Verified ||
+		checks(goRep) != "compressed ok" || !(goRep.Compressed < goRep.Stripped && goRep.Stripped < goRep.Original) {
+		t.Errorf("hello-go: chosen %s, verified %v, checks %q, sizes %d/%d/%d; want compressed, verified, compressed ok",
+			goRep.Chosen, goRep.Verified, checks(goRep), goRep.Original, goRep.Stripped, goRep.Compressed)
+	}
+	if cRep.Chosen != binopt.Stripped || !cRep.Verified || checks(cRep) != "compressed exit code 1, want 0, stripped ok" ||
+		!strings.Contains(cRep.Reason, "the compressed file fails its verify") {
+		t.Errorf("hello-c: chosen %s, verified %v, checks %q, reason %q; want stripped after the compressed one failed",
+			cRep.Chosen, cRep.Verified, checks(cRep), cRep.Reason)
+	}
+	if shRep.Kind != binopt.Script || shRep.Chosen != binopt.Original {
+		t.Errorf("hello.sh: kind %s, chosen %s; want a script kept", shRep.Kind, shRep.Chosen)
+	}
+	var out []string
+	for _, it := range event.FoldAll(e.rec.Events()).Steps {
+		out = append(out, it.Tail...)
+	}
+	if !strings.Contains(strings.Join(out, "\n"), "hello-go 1.0") {
+		t.Errorf("the bake did not run the installed binary: %q", out)
+	}
+
+	// The disk holds the chosen files, and no candidate.
+	raw, err := disk.Unpack(context.Background(), filepath.Join(res.Dir, store.BundleDisk), filepath.Join(t.TempDir(), "unpacked"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range []binopt.Report{goRep, cRep} {
+		got := dumpFile(t, raw, r.Path)
+		if int64(len(got)) != r.Size() {
+			t.Errorf("%s in the image has %d bytes, want the %s file's %d", r.Path, len(got), r.Chosen, r.Size())
+		}
+		if packed := bytes.Contains(got, []byte("UPX!")); packed != (r.Chosen == binopt.Compressed) {
+			t.Errorf("%s in the image: UPX-packed %v, chosen %s", r.Path, packed, r.Chosen)
+		}
+	}
+	if got := dumpFile(t, raw, "/usr/local/bin/hello.sh"); string(got) != "#!/bin/sh\necho hello\n" {
+		t.Errorf("hello.sh in the image: %q", got)
+	}
+	if out := debugfs(t, raw, "stat /var/lib/emu"); !strings.Contains(out, "not found") {
+		t.Errorf("/var/lib/emu is in the image:\n%s", out)
+	}
+}
+
+// debugfs runs one read-only debugfs request on the raw ext4 image.
+func debugfs(t *testing.T, raw, request string) string {
+	t.Helper()
+	out, err := exec.Command("debugfs", "-R", request, raw).CombinedOutput()
+	if err != nil {
+		t.Fatalf("debugfs -R %q: %v: %s", request, err, out)
+	}
+	return string(out)
+}
+
+// dumpFile reads a file out of the raw ext4 image, without mounting it.
+func dumpFile(t *testing.T, raw, path string) []byte {
+	t.Helper()
+	dst := filepath.Join(t.TempDir(), filepath.Base(path))
+	out := debugfs(t, raw, "dump "+path+" "+dst)
+	b, err := os.ReadFile(dst)
+	if err != nil {
+		t.Fatalf("dump %s from the image: %v\n%s", path, err, out)
+	}
+	if m := regexp.MustCompile(`Size: (\d+)`).FindStringSubmatch(debugfs(t, raw, "stat "+path)); m == nil || m[1] != strconv.Itoa(len(b)) {
+		t.Fatalf("debugfs stat %s disagrees with the dump's %d bytes: %v", path, len(b), m)
+	}
+	return b
 }

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/emu-dev/emu/internal/binopt"
 	"github.com/emu-dev/emu/internal/spec"
 	"github.com/emu-dev/emu/internal/store"
 )
@@ -27,6 +28,9 @@ type Manifest struct {
 	Files      map[string]FileRecord `json:"files"`
 	Stages     []StageRecord         `json:"stages"`
 	Services   []ServiceRecord       `json:"services,omitempty"`
+	// Binaries reports files[].optimize, one per file, in files[] order:
+	// sizes, the file chosen and how it passed its verify in the guest.
+	Binaries []binopt.Report `json:"binaries,omitempty"`
 }
 
 // FileRecord is one bundle file.

@@ -34,6 +34,36 @@ type Request struct {
 	Lines   int    `json:"lines,omitempty"`
 	// Slim lists guest paths to remove after the bake.
 	Slim []string `json:"slim,omitempty"`
+	// Optimize lists the binaries to verify in the guest and install,
+	// before the services start (OpProvision).
+	Optimize []Binary `json:"optimize,omitempty"`
+}
+
+// Binary is one file the host optimized: the agent runs each candidate with
+// Verify and renames the first that passes over Dst, where the original
+// lies; when none passes, the original stays.
+type Binary struct {
+	Dst string `json:"dst"`
+	// Candidates, in order of preference (smallest first).
+	Candidates []Candidate `json:"candidates"`
+	// Verify is nil when the candidates need no run: the first is installed.
+	Verify *Verify `json:"verify,omitempty"`
+}
+
+// Candidate is one optimized copy of a binary in the guest.
+type Candidate struct {
+	// Name is "compressed" or "stripped"; the original is "original".
+	Name string `json:"name"`
+	Path string `json:"path"`
+}
+
+// Verify is how a binary proves it still runs: it exits with ExitCode within
+// Timeout and, when Output is set, prints it (stdout or stderr).
+type Verify struct {
+	Args     []string      `json:"args,omitempty"`
+	ExitCode int           `json:"exit_code"`
+	Output   string        `json:"output,omitempty"`
+	Timeout  time.Duration `json:"timeout"`
 }
 
 // Step is one bake step as the agent runs it.

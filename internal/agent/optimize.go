@@ -1,0 +1,243 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/emu-dev/emu/internal/event"
+)
+
+// OptimizeDir is where the host puts the optimized copies of files[] with
+// optimize, as OptimizeDir/<index>/<candidate>/<name>. The agent installs
+// one per file and removes the directory before the services start.
+const OptimizeDir = "/var/lib/emu/binopt"
+
+// OptimizeStage names the guest's optimize stage and its per-file log
+// events, which carry the fields dst, chosen, size, verified, reason and
+// checks (a JSON array of Check).
+const OptimizeStage = "optimize"
+
+// DefaultVerifyTimeout bounds one verify run when the request gives none.
+const DefaultVerifyTimeout = 30 * time.Second
+
+// Check is one verify run of one candidate, as the host's report records it.
+type Check struct {
+	Candidate string        `json:"candidate"`
+	OK        bool          `json:"ok"`
+	ExitCode  int           `json:"exit_code"`
+	TimedOut  bool          `json:"timed_out,omitempty"`
+	Output    string        `json:"output,omitempty"` // the last lines
+	Reason    string        `json:"reason,omitempty"` // why it failed
+	Duration  time.Duration `json:"duration"`
+}
+
+// original is the candidate name of the file already at Dst.
+const original = "original"
+
+// OptimizeError is a binary whose original fails its verify too: the verify
+// settings, or the binary, are wrong.
+type OptimizeError struct {
+	Dst    string
+	Reason string
+}
+
+func (e *OptimizeError) Error() string {
+	return fmt.Sprintf("%s: the original fails its verify too (%s); fix its files[].optimize.verify or the binary", e.Dst, e.Reason)
+}
+
+// optimize installs, for each binary, the first candidate that passes its
+// verify, and reports each choice in one log event.
+func (a *Agent) optimize(ctx context.Context, bins []event.Binary) error {
+	if len(bins) == 0 {
+		return nil
+	}
+	a.emit(event.New(event.StageStart, OptimizeStage, fmt.Sprintf("verify %d binaries in the guest", len(bins))))
+	for _, b := range bins {
+		e, err := a.install(ctx, b)
+		if err != nil {
+			a.emit(event.New(event.StageFailed, OptimizeStage, err.Error()))
+			return err
+		}
+		a.emit(e)
+	}
+	// The candidates not chosen must not stay in the image.
+	if err := os.RemoveAll(a.opts.OptimizeDir); err != nil {
+		a.emit(event.New(event.Log, OptimizeStage, "remove candidates: "+err.Error()))
+	}
+	os.Remove(filepath.Dir(a.opts.OptimizeDir)) // only if nothing else is there
+	a.emit(event.New(event.StageDone, OptimizeStage, ""))
+	return nil
+}
+
+// install tries b's candidates in order and renames the first that passes
+// over b.Dst. The original stays when none does, provided it passes itself.
+func (a *Agent) install(ctx context.Context, b event.Binary) (event.Event, error) {
+	fi, err := os.Stat(b.Dst)
+	if err != nil {
+		return event.Event{}, fmt.Errorf("optimize %s: %w", b.Dst, err)
+	}
+	chosen, size, verified := original, fi.Size(), false
+	var checks []Check
+	var notes []string
+	for _, c := range b.Candidates {
+		if b.Verify != nil {
+			ch, err := runVerify(ctx, c.Name, c.Path, *b.Verify)
+			if err != nil {
+				return event.Event{}, err
+			}
+			checks = append(checks, ch)
+			if !ch.OK {
+				notes = append(notes, fmt.Sprintf("the %s file fails its verify (%s)", c.Name, ch.Reason))
+				continue
+			}
+		}
+		cfi, err := replace(c.Path, b.Dst, fi)
+		if err != nil {
+			notes = append(notes, fmt.Sprintf("install the %s file: %v", c.Name, err))
+			continue
+		}
+		chosen, size, verified = c.Name, cfi.Size(), b.Verify != nil
+		break
+	}
+	if chosen == original && b.Verify != nil && len(b.Candidates) > 0 {
+		ch, err := runVerify(ctx, original, b.Dst, *b.Verify)
+		if err != nil {
+			return event.Event{}, err
+		}
+		if !ch.OK {
+			return event.Event{}, &OptimizeError{Dst: b.Dst, Reason: ch.Reason}
+		}
+		checks = append(checks, ch)
+		verified = true
+	}
+	reason := strings.Join(notes, "; ")
+	msg := fmt.Sprintf("%s: installed the %s file (%d bytes)", b.Dst, chosen, size)
+	if reason != "" {
+		msg += ": " + reason
+	}
+	e := event.New(event.Log, OptimizeStage, msg).
+		With("dst", b.Dst).With("chosen", chosen).With("size", strconv.FormatInt(size, 10)).
+		With("verified", strconv.FormatBool(verified))
+	if reason != "" {
+		e = e.With("reason", reason)
+	}
+	if len(checks) > 0 {
+		cj, _ := json.Marshal(checks)
+		e = e.With("checks", string(cj))
+	}
+	return e, nil
+}
+
+// replace renames path over dst with dst's mode and owner, and returns
+// path's info. Both lie on the root filesystem.
+func replace(path, dst string, dstInfo os.FileInfo) (os.FileInfo, error) {
+	if err := os.Chmod(path, dstInfo.Mode().Perm()); err != nil {
+		return nil, err
+	}
+	if st, ok := dstInfo.Sys().(*syscall.Stat_t); ok {
+		if err := os.Lchown(path, int(st.Uid), int(st.Gid)); err != nil {
+			return nil, err
+		}
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.Rename(path, dst); err != nil {
+		return nil, err
+	}
+	return fi, nil
+}
+
+// verifyOutputCap bounds the output kept from one verify run.
+const verifyOutputCap = 64 << 10
+
+// runVerify runs the candidate at path with v.Args, in its own process
+// group, killed whole after v.Timeout. The error is ctx's only: a candidate
+// that cannot run at all fails its check.
+func runVerify(ctx context.Context, name, path string, v event.Verify) (Check, error) {
+	timeout := v.Timeout
+	if timeout <= 0 {
+		timeout = DefaultVerifyTimeout
+	}
+	tctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	cmd := exec.CommandContext(tctx, path, v.Args...)
+	cmd.Dir = "/"
+	cmd.Env = append(append([]string(nil), baseEnv...), "HOME=/root")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	cmd.WaitDelay = 2 * time.Second // a child holding the pipe open must not hang us
+	var out cappedBuffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	start := time.Now()
+	err := cmd.Run()
+	ch := Check{Candidate: name, Duration: time.Since(start), Output: lastLines(out.b.String(), 5)}
+	if ctx.Err() != nil {
+		return ch, ctx.Err()
+	}
+	var ee *exec.ExitError
+	switch {
+	case tctx.Err() != nil:
+		ch.ExitCode, ch.TimedOut = -1, true
+		ch.Reason = fmt.Sprintf("still running after %s", timeout)
+		return ch, nil
+	case errors.As(err, &ee):
+		ch.ExitCode = ee.ExitCode()
+		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+			ch.Reason = "killed by " + ws.Signal().String()
+			return ch, nil
+		}
+	case err != nil && !errors.Is(err, exec.ErrWaitDelay):
+		ch.ExitCode = -1
+		ch.Reason = "does not run: " + err.Error()
+		return ch, nil
+	}
+	switch {
+	case ch.ExitCode != v.ExitCode:
+		ch.Reason = fmt.Sprintf("exit code %d, want %d", ch.ExitCode, v.ExitCode)
+	case v.Output != "" && !strings.Contains(out.b.String(), v.Output):
+		ch.Reason = fmt.Sprintf("output lacks %q", v.Output)
+	default:
+		ch.OK = true
+	}
+	return ch, nil
+}
+
+// cappedBuffer keeps the first verifyOutputCap bytes written to it.
+type cappedBuffer struct{ b bytes.Buffer }
+
+func (c *cappedBuffer) Write(p []byte) (int, error) {
+	if room := verifyOutputCap - c.b.Len(); room > 0 {
+		c.b.Write(p[:min(len(p), room)])
+	}
+	return len(p), nil
+}
+
+// lastLines returns s's last n non-empty lines, each cut to maxOutputLine.
+func lastLines(s string, n int) string {
+	var lines []string
+	for _, l := range strings.Split(strings.TrimRight(s, "\n"), "\n") {
+		if l = strings.TrimRight(l, "\r"); l == "" {
+			continue
+		}
+		if len(l) > maxOutputLine {
+			l = l[:maxOutputLine] + "…"
+		}
+		lines = append(lines, l)
+	}
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
