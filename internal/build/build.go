@@ -52,6 +52,8 @@ type Options struct {
 	QEMU string
 	// Version is emu's version, recorded in the manifest.
 	Version string
+	// SkipVerify skips the boot check of the new bundle before it is placed.
+	SkipVerify bool
 	// BaseTarball, when set, is the base tree instead of one made by
 	// mmdebstrap (a tree made elsewhere; the VM tests' tiny guest).
 	BaseTarball string
@@ -89,7 +91,7 @@ type builder struct {
 }
 
 // Stages are the build's stage names, in order.
-var Stages = []string{"rootfs", "inject", "disk", "provision", "compress", "bundle"}
+var Stages = []string{"rootfs", "inject", "disk", "provision", "compress", "verify", "bundle"}
 
 // Build runs every stage. On failure or interruption the previous bundle at
 // the same place is untouched, the work directory is removed (unless
@@ -125,6 +127,7 @@ func Build(ctx context.Context, opts Options) (res *Result, err error) {
 		{"disk", b.disk},
 		{"provision", b.provision},
 		{"compress", b.compress},
+		{"verify", b.verify},
 		{"bundle", b.bundle},
 	}
 	for _, st := range stages {

@@ -76,24 +76,28 @@ func (b *builder) compress(ctx context.Context) (map[string]string, error) {
 	return map[string]string{"size": strconv.FormatInt(fi.Size(), 10)}, nil
 }
 
-// bundle adds the kernel, initrd, log and manifest, then swaps the staged
-// directory into place in one step.
-func (b *builder) bundle(ctx context.Context) (map[string]string, error) {
+// assemble writes the kernel, the initrd, the log so far and the manifest
+// into the staged bundle, and returns its total size.
+func (b *builder) assemble() (int64, error) {
 	s := b.opts.Stack
 	for src, name := range map[string]string{b.kernel: store.BundleKernel, b.initrd: store.BundleInitrd} {
+		if _, err := os.Stat(filepath.Join(b.staged, name)); err == nil {
+			continue
+		}
 		if err := copyFile(src, filepath.Join(b.staged, name), 0o644); err != nil {
-			return nil, fmt.Errorf("add %s to bundle: %w", name, err)
+			return 0, fmt.Errorf("add %s to bundle: %w", name, err)
 		}
 	}
 	hash, err := InputHash(s, b.opts.AgentBinary)
 	if err != nil {
-		return nil, err
+		return 0, err
 	}
 	m := &b.man
 	m.Name, m.Arch, m.InputHash, m.EmuVersion = s.Name, s.Base.Arch, hash, b.opts.Version
 	m.Created = time.Now().UTC().Truncate(time.Second)
 	m.Cmdline = guest.Cmdline(agent.Run)
 	m.VM = s.VM
+	m.Services = nil
 	for _, name := range s.StartOrder() {
 		svc := s.Services[name]
 		m.Services = append(m.Services, bundle.ServiceRecord{
@@ -104,27 +108,58 @@ func (b *builder) bundle(ctx context.Context) (map[string]string, error) {
 	err = b.logFile.Sync()
 	b.logMu.Unlock()
 	if err != nil {
-		return nil, err
+		return 0, err
 	}
 	if err := copyFile(filepath.Join(b.logs, store.ProvisionLog), filepath.Join(b.staged, store.BundleLog), 0o644); err != nil {
-		return nil, fmt.Errorf("add provision log to bundle: %w", err)
+		return 0, fmt.Errorf("add provision log to bundle: %w", err)
 	}
-	m.Files = map[string]bundle.FileRecord{}
+	if m.Files == nil {
+		m.Files = map[string]bundle.FileRecord{}
+	}
 	var total int64
 	for _, name := range []string{store.BundleDisk, store.BundleKernel, store.BundleInitrd, store.BundleLog} {
-		sum, size, err := disk.Digest(filepath.Join(b.staged, name))
-		if err != nil {
-			return nil, err
+		rec, ok := m.Files[name]
+		if !ok || name == store.BundleLog {
+			sum, size, err := disk.Digest(filepath.Join(b.staged, name))
+			if err != nil {
+				return 0, err
+			}
+			rec = bundle.FileRecord{SHA256: sum, Size: size}
+			m.Files[name] = rec
 		}
-		m.Files[name] = bundle.FileRecord{SHA256: sum, Size: size}
-		total += size
+		total += rec.Size
 	}
 	mj, err := json.MarshalIndent(m, "", "  ")
 	if err != nil {
-		return nil, err
+		return 0, err
 	}
 	if err := os.WriteFile(filepath.Join(b.staged, store.BundleManifest), append(mj, '\n'), 0o644); err != nil {
-		return nil, fmt.Errorf("write manifest: %w", err)
+		return 0, fmt.Errorf("write manifest: %w", err)
+	}
+	return total, nil
+}
+
+// seedDiskCache hands the raw disk to the disk cache under the packed
+// disk's digest: it is what the packed one unpacks to, so no boot of this
+// bundle on this host needs to unpack it.
+func (b *builder) seedDiskCache() {
+	cached := filepath.Join(b.opts.Home.DiskCache(), b.man.Files[store.BundleDisk].SHA256)
+	if _, err := os.Stat(filepath.Join(cached, disk.PackedName)); err == nil {
+		return
+	}
+	if err := os.MkdirAll(cached, 0o755); err == nil {
+		if err := os.Rename(raw(b), filepath.Join(cached, disk.PackedName)); err != nil {
+			os.Remove(cached)
+		}
+	}
+}
+
+// bundle finishes the staged bundle (the log and manifest now complete)
+// and swaps it into place in one step.
+func (b *builder) bundle(ctx context.Context) (map[string]string, error) {
+	total, err := b.assemble()
+	if err != nil {
+		return nil, err
 	}
 	for _, name := range []string{store.BundleDisk, store.BundleKernel, store.BundleInitrd, store.BundleLog, store.BundleManifest} {
 		if err := disk.SyncFile(filepath.Join(b.staged, name)); err != nil {
@@ -137,13 +172,6 @@ func (b *builder) bundle(ctx context.Context) (map[string]string, error) {
 	if err := disk.SwapDir(b.staged, b.final); err != nil {
 		return nil, err
 	}
-	// The raw disk is what the packed one unpacks to: hand it to the disk
-	// cache now, so the first boot needs no unpacking.
-	cached := filepath.Join(b.opts.Home.DiskCache(), m.Files[store.BundleDisk].SHA256)
-	if err := os.MkdirAll(cached, 0o755); err == nil {
-		if err := os.Rename(raw(b), filepath.Join(cached, disk.PackedName)); err != nil {
-			os.Remove(cached)
-		}
-	}
+	b.seedDiskCache()
 	return map[string]string{"size": strconv.FormatInt(total, 10)}, nil
 }

@@ -606,3 +606,23 @@ func dumpFile(t *testing.T, raw, path string) []byte {
 	}
 	return b
 }
+
+func TestVMVerifyFails(t *testing.T) {
+	// The bake succeeds but leaves an image whose agent cannot start: the
+	// boot check must catch it before the bundle is placed.
+	s := tinyStack(t, "tiny-verify", `
+  - name: break-image
+    run: [/bin/sh, -c, "echo 'exit 3' > /etc/emu-broken; printf '#!/bin/sh\necho broken image\npoweroff -f\n' > /sbin/init"]
+`)
+	e := newEnv(t, s)
+	e.previous(t)
+	_, err := build.Build(context.Background(), e.opts)
+	be := buildErr(t, err)
+	if be.Stage != "verify" || !strings.Contains(err.Error(), "qemu exited") {
+		t.Errorf("error = %v (stage %q), want the verify stage to report qemu exiting", err, be.Stage)
+	}
+	if tail := strings.Join(be.Tail, "\n"); !strings.Contains(tail, "broken image") {
+		t.Errorf("console tail does not show the broken boot:\n%s", tail)
+	}
+	e.checkAftermath(t, true)
+}

@@ -18,6 +18,7 @@ func runBuild(ctx context.Context, e *env, args []string) error {
 	fs := newFlags(e, "build", "[-f FILE] [--out DIR] [flags]")
 	file := fs.String("f", spec.DefaultFile, "the stack `file`")
 	out := fs.String("out", "", "write the bundle to `DIR`/<name>/ instead of the image store")
+	skipVerify := fs.Bool("skip-verify", false, "do not boot the new image to check that every service comes up before placing it")
 	keep := fs.Bool("keep-on-failure", false, "keep the work directory (tree and disk) of a failed build for inspection")
 	jsonOut := fs.Bool("json", false, "print events as JSON lines on stdout")
 	accelFlag := fs.String("accel", "", "accelerator: kvm, hvf or tcg (default: probe)")
@@ -42,17 +43,18 @@ func runBuild(ctx context.Context, e *env, args []string) error {
 			return usageError{fmt.Errorf("--out %s: %w", *out, err)}
 		}
 	}
-	_, err = buildStack(ctx, e, buildRequest{stack: stack, home: home, outDir: outDir, keep: *keep, json: *jsonOut, accel: *accelFlag})
+	_, err = buildStack(ctx, e, buildRequest{stack: stack, home: home, outDir: outDir, keep: *keep, skipVerify: *skipVerify, json: *jsonOut, accel: *accelFlag})
 	return err
 }
 
 type buildRequest struct {
-	stack  *spec.Stack
-	home   store.Home
-	outDir string
-	keep   bool
-	json   bool
-	accel  string
+	stack      *spec.Stack
+	home       store.Home
+	outDir     string
+	keep       bool
+	skipVerify bool
+	json       bool
+	accel      string
 }
 
 // buildStack checks the host and runs the build with progress; emu build
@@ -79,6 +81,7 @@ func buildStack(ctx context.Context, e *env, r buildRequest) (*build.Result, err
 		AgentBinary:   agentBin,
 		Accel:         choice,
 		KeepOnFailure: r.keep,
+		SkipVerify:    r.skipVerify,
 		Sink:          view,
 		Log:           e.log,
 		Version:       Version,

@@ -319,7 +319,7 @@ func waitReady(ctx context.Context, vm *VM, timeout time.Duration, emit func(eve
 		select {
 		case e, ok := <-vm.Events:
 			if !ok {
-				return t, consoleError(vm, errors.New("the agent's channel closed before every service was healthy"))
+				return t, consoleError(vm, vm.Gone("every service was healthy"))
 			}
 			status = event.Fold(status, e)
 			if !e.Kind.Terminal() {
@@ -341,7 +341,7 @@ func waitReady(ctx context.Context, vm *VM, timeout time.Duration, emit func(eve
 				return t, &UpError{Service: e.Name, Err: errors.New(e.Msg)}
 			}
 		case <-vm.Proc.Done():
-			return t, consoleError(vm, fmt.Errorf("qemu exited before every service was healthy: %v", vm.Proc.Wait()))
+			return t, consoleError(vm, vm.Gone("every service was healthy"))
 		case <-ctx.Done():
 			ue := consoleError(vm, fmt.Errorf("not ready within %s: %w", timeout, ctx.Err()))
 			for _, it := range status.Services {

@@ -1,6 +1,7 @@
 package machine
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -32,6 +33,8 @@ type VerifyOptions struct {
 	Sink    event.Sink
 	Log     *slog.Logger
 	QEMU    string
+	// Name is QEMU's -name; default emu-verify-<stack>.
+	Name string
 }
 
 // Timings split a boot check.
@@ -120,7 +123,7 @@ func Verify(ctx context.Context, opts VerifyOptions) (Timings, error) {
 	start := time.Now()
 	emit(event.New(event.StageStart, "boot", man.Name))
 	vm, err := Start(ctx, Config{
-		Name: "emu-verify-" + man.Name, Arch: man.Arch, VM: man.VM, Accel: opts.Accel,
+		Name: cmp.Or(opts.Name, "emu-verify-"+man.Name), Arch: man.Arch, VM: man.VM, Accel: opts.Accel,
 		Kernel:  filepath.Join(opts.Bundle, store.BundleKernel),
 		Initrd:  filepath.Join(opts.Bundle, store.BundleInitrd),
 		Cmdline: man.Cmdline,
@@ -155,7 +158,7 @@ func Verify(ctx context.Context, opts VerifyOptions) (Timings, error) {
 		select {
 		case e, ok := <-vm.Events:
 			if !ok {
-				return t, fail("", errors.New("the agent's channel closed before every service was healthy"))
+				return t, fail("", vm.Gone("every service was healthy"))
 			}
 			status = event.Fold(status, e)
 			if !e.Kind.Terminal() {
@@ -175,7 +178,7 @@ func Verify(ctx context.Context, opts VerifyOptions) (Timings, error) {
 				return t, fail(e.Name, errors.New(e.Msg))
 			}
 		case <-vm.Proc.Done():
-			return t, fail("", fmt.Errorf("qemu exited before every service was healthy: %v", vm.Proc.Wait()))
+			return t, fail("", vm.Gone("every service was healthy"))
 		case <-ctx.Done():
 			return t, fail(status.Running(), fmt.Errorf("not ready within %s: %w", opts.Timeout, ctx.Err()))
 		}

@@ -230,3 +230,21 @@ func randomID() string {
 	}
 	return hex.EncodeToString(b)
 }
+
+// Gone explains an agent channel that closed without a verdict: QEMU
+// usually exits a moment later (a guest panic, a power-off), and saying so
+// is clearer than the channel's end.
+func (vm *VM) Gone(what string) error {
+	if vm.Proc == nil {
+		return fmt.Errorf("the agent's channel closed before %s", what)
+	}
+	select {
+	case <-vm.Proc.Done():
+	case <-time.After(3 * time.Second):
+		return fmt.Errorf("the agent's channel closed before %s", what)
+	}
+	if err := vm.Proc.Wait(); err != nil {
+		return fmt.Errorf("qemu exited before %s (%v)", what, err)
+	}
+	return fmt.Errorf("qemu exited before %s", what)
+}
