@@ -179,6 +179,14 @@ func TestProvisionOptimizes(t *testing.T) {
 		writeExec(t, p, map[string]string{"compressed": fails, "stripped": passes + "#s\n"}[c.Name], 0o755)
 		b.Candidates[i].Path = p
 	}
+	// Second names for the original and the candidate not chosen: their
+	// bytes must be gone from the disk, not only their names.
+	origLink, unchosenLink := filepath.Join(dir, "orig.link"), filepath.Join(dir, "compressed.link")
+	for link, target := range map[string]string{origLink: b.Dst, unchosenLink: b.Candidates[0].Path} {
+		if err := os.Link(target, link); err != nil {
+			t.Fatal(err)
+		}
+	}
 	cfg := Config{Stack: "demo", Services: []Service{{Name: "db", Unit: "db.service", Health: Health{Exec: []string{"true"}}}}}
 	h, events := provision(t, Options{Config: cfg, OptimizeDir: scratch}, event.Request{
 		Services: []string{"db"},
@@ -203,6 +211,15 @@ func TestProvisionOptimizes(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Dir(scratch)); !os.IsNotExist(err) {
 		t.Errorf("empty parent of the candidates left: %v", err)
+	}
+	for _, link := range []string{origLink, unchosenLink} {
+		got, err := os.ReadFile(link)
+		if err != nil || len(got) == 0 || strings.Trim(string(got), "\x00") != "" {
+			t.Errorf("%s: %q (%v), want its bytes wiped to zeros", filepath.Base(link), got, err)
+		}
+	}
+	if ents, _ := os.ReadDir(filepath.Dir(b.Dst)); len(ents) != 1 {
+		t.Errorf("%s holds %d entries, want only the installed file", filepath.Dir(b.Dst), len(ents))
 	}
 }
 
