@@ -96,6 +96,7 @@ func inject(t *testing.T, b *builder, tree string, i int, src string) {
 
 func withVerify() spec.Optimize {
 	o := spec.DefaultOptimize()
+	o.Compress = "upx"
 	o.Verify = &spec.Verify{Args: []string{"--version"}, Output: "app 1.0"}
 	return o
 }
@@ -194,7 +195,9 @@ func TestOptimizeFileForTheGuest(t *testing.T) {
 }
 
 func TestOptimizeFileWithoutVerify(t *testing.T) {
-	b, _, tree, _ := planFixture(t, spec.DefaultOptimize())
+	o := spec.DefaultOptimize()
+	o.Compress = "upx"
+	b, _, tree, _ := planFixture(t, o)
 	src := b.opts.Stack.Files[0].Src
 	inject(t, b, tree, 0, src)
 	if len(b.bins.items) != 0 {

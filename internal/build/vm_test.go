@@ -501,8 +501,8 @@ func TestVMOptimize(t *testing.T) {
 base: {suite: trixie}
 vm: {cpus: 1, memory: 256MiB, disk: 1GiB}
 files:
-  - {src: hello-go, dst: /usr/local/bin/hello-go, optimize: {verify: {args: [--version], output: "hello-go 1.0"}}}
-  - {src: hello-c, dst: /usr/local/bin/hello-c, optimize: {verify: {args: [selfcheck, "` + minSize + `"], output: intact}}}
+  - {src: hello-go, dst: /usr/local/bin/hello-go, optimize: {compress: upx, verify: {args: [--version], output: "hello-go 1.0"}}}
+  - {src: hello-c, dst: /usr/local/bin/hello-c, optimize: {compress: upx, verify: {args: [selfcheck, "` + minSize + `"], output: intact}}}
   - {src: hello.sh, dst: /usr/local/bin/hello.sh, optimize: true}
 bake:
   - name: use

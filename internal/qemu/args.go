@@ -338,6 +338,13 @@ func (b *builder) drive(d Drive) {
 	opt += ",cache=" + cache
 	b.add("-drive", opt)
 	dev := "virtio-blk-pci,drive=" + id + ",id=" + b.id("blk")
+	if d.Discard {
+		// QEMU's default granularity follows the host file (2 MiB seen
+		// here): the guest then skips every freed range smaller than that,
+		// and deleted files stay in the image. Block-sized: every free block
+		// is discarded.
+		dev += ",discard_granularity=4096"
+	}
 	if d.Serial != "" {
 		dev += ",serial=" + d.Serial
 	}
