@@ -626,3 +626,39 @@ func TestVMVerifyFails(t *testing.T) {
 	}
 	e.checkAftermath(t, true)
 }
+
+func TestVMDiskFull(t *testing.T) {
+	s := tinyStack(t, "tiny-full", `
+  - name: fill
+    run: [/bin/sh, -c, "dd if=/dev/zero of=/root/fill bs=1M"]
+    timeout: 5m
+`)
+	e := newEnv(t, s)
+	e.previous(t)
+	_, err := build.Build(context.Background(), e.opts)
+	be := buildErr(t, err)
+	if be.Step != "fill" || be.Code == nil || *be.Code == 0 {
+		t.Errorf("error = %v (step %q), want the fill step failing", err, be.Step)
+	}
+	if tail := strings.Join(be.Tail, "\n"); !strings.Contains(tail, "No space left") {
+		t.Errorf("tail does not say the disk is full:\n%s", tail)
+	}
+	e.checkAftermath(t, true)
+}
+
+func TestOutputNotWritable(t *testing.T) {
+	s := tinyStack(t, "tiny-out", "  - name: x\n    run: [/bin/true]\n")
+	file := filepath.Join(t.TempDir(), "a-file")
+	os.WriteFile(file, []byte("x"), 0o644)
+	home := store.At(t.TempDir())
+	_, err := build.Build(context.Background(), build.Options{
+		Stack: s, Home: home, OutDir: filepath.Join(file, "out"), AgentBinary: "/nonexistent", Sink: &event.Recorder{},
+	})
+	be := buildErr(t, err)
+	if be.Stage != "prepare" || !strings.Contains(err.Error(), file) {
+		t.Errorf("error = %v, want the prepare stage naming %s", err, file)
+	}
+	if ents, _ := os.ReadDir(home.Work()); len(ents) > 0 {
+		t.Errorf("work directory left: %s", ents[0].Name())
+	}
+}

@@ -215,6 +215,9 @@ func (e *UpError) Detail() string {
 func Up(ctx context.Context, o UpOptions) (Info, error) {
 	inst := o.Instance
 	sum := o.Manifest.Files[store.BundleDisk].SHA256
+	if err := os.MkdirAll(inst.Dir, 0o755); err != nil {
+		return Info{}, fmt.Errorf("create instance directory %s: %w", inst.Dir, err)
+	}
 	info, ierr := ReadInfo(inst)
 	if _, err := os.Stat(inst.Overlay()); err == nil && ierr == nil && info.DiskSHA256 != sum {
 		return Info{}, &UpError{Err: fmt.Errorf("the image was rebuilt since this instance's data was created on it: " +
@@ -294,7 +297,9 @@ func Up(ctx context.Context, o UpOptions) (Info, error) {
 		err = writeInfo(inst, info)
 	}
 	if err != nil {
-		// Not ready: stop it cleanly, keep the data, report why.
+		// Not ready: stop it cleanly, keep the data, report why. The agent's
+		// channel takes one client at a time: let go of ours first.
+		vm.Close()
 		Stop(context.WithoutCancel(ctx), inst, o.Log, func(string) {})
 		var ue *UpError
 		if errors.As(err, &ue) {

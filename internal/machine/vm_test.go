@@ -150,3 +150,28 @@ func TestVMInstanceRefusesChangedImage(t *testing.T) {
 }
 
 func contains(s, sub string) bool { return strings.Contains(s, sub) }
+
+func TestVMUpInterrupted(t *testing.T) {
+	home := store.At(t.TempDir())
+	dir := tinyBundle(t, home)
+	man, _ := bundle.Read(dir)
+	inst := home.Instance(man.Name)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	// Ctrl-C while waiting for the guest: it is stopped, nothing is left.
+	sink := event.SinkFunc(func(e event.Event) {
+		if e.Kind == event.Hello {
+			cancel()
+		}
+	})
+	_, err := machine.Up(ctx, machine.UpOptions{Instance: inst, DiskCache: home.DiskCache(), Bundle: dir, Manifest: man, Accel: tcg, Sink: sink})
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("Up = %v, want context.Canceled", err)
+	}
+	if _, err := machine.RunningPID(inst); !errors.Is(err, machine.ErrNotRunning) {
+		t.Errorf("RunningPID after an interrupted up = %v", err)
+	}
+	if _, err := os.Stat(inst.Overlay()); err != nil {
+		t.Errorf("overlay (the data) gone after an interrupted up: %v", err)
+	}
+}
