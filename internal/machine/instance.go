@@ -184,30 +184,6 @@ type UpOptions struct {
 	QEMU      string
 }
 
-// UpError is an instance that did not become ready.
-type UpError struct {
-	Err      error
-	Service  string
-	Tail     []string
-	TailFrom string
-	Logs     []string
-}
-
-func (e *UpError) Error() string {
-	if e.Service != "" {
-		return fmt.Sprintf("up: service %s: %v", e.Service, e.Err)
-	}
-	return "up: " + e.Err.Error()
-}
-
-func (e *UpError) Unwrap() error { return e.Err }
-
-// Detail lists the tail and the logs.
-func (e *UpError) Detail() string {
-	ve := VerifyError{Tail: e.Tail, TailFrom: e.TailFrom, Logs: e.Logs}
-	return ve.Detail()
-}
-
 // Up boots the instance detached from emu and returns once every service
 // is healthy. The caller holds the instance's lock and has checked that it
 // is not running and that its ports are free. On failure the guest is
@@ -220,7 +196,7 @@ func Up(ctx context.Context, o UpOptions) (Info, error) {
 	}
 	info, ierr := ReadInfo(inst)
 	if _, err := os.Stat(inst.Overlay()); err == nil && ierr == nil && info.DiskSHA256 != sum {
-		return Info{}, &UpError{Err: fmt.Errorf("the image was rebuilt since this instance's data was created on it: " +
+		return Info{}, &BootError{Op: "up", Err: fmt.Errorf("the image was rebuilt since this instance's data was created on it: " +
 			"the data (overlay) no longer fits the new image; run `emu reset` to start fresh from the new image")}
 	}
 	if _, err := os.Stat(inst.Overlay()); errors.Is(err, os.ErrNotExist) {
@@ -301,7 +277,7 @@ func Up(ctx context.Context, o UpOptions) (Info, error) {
 		// channel takes one client at a time: let go of ours first.
 		vm.Close()
 		Stop(context.WithoutCancel(ctx), inst, o.Log, func(string) {})
-		var ue *UpError
+		var ue *BootError
 		if errors.As(err, &ue) {
 			ue.Logs = []string{inst.Serial(), inst.QEMULog()}
 		}
@@ -337,13 +313,13 @@ func waitReady(ctx context.Context, vm *VM, timeout time.Duration, emit func(eve
 				t.Services = time.Since(begin) - t.Hello
 				return t, nil
 			case event.ServiceUnhealthy:
-				ue := &UpError{Service: e.Name, Err: errors.New(e.Msg)}
+				ue := &BootError{Op: "up", Service: e.Name, Err: errors.New(e.Msg)}
 				if j := e.Fields["journal"]; j != "" {
 					ue.Tail, ue.TailFrom = command.LastLines(j, 20), "its journal"
 				}
 				return t, ue
 			case event.Failed:
-				return t, &UpError{Service: e.Name, Err: errors.New(e.Msg)}
+				return t, &BootError{Op: "up", Service: e.Name, Err: errors.New(e.Msg)}
 			}
 		case <-vm.Proc.Done():
 			return t, consoleError(vm, vm.Gone("every service was healthy"))
@@ -360,8 +336,8 @@ func waitReady(ctx context.Context, vm *VM, timeout time.Duration, emit func(eve
 	}
 }
 
-func consoleError(vm *VM, err error) *UpError {
-	ue := &UpError{Err: err}
+func consoleError(vm *VM, err error) *BootError {
+	ue := &BootError{Op: "up", Err: err}
 	if out, rerr := os.ReadFile(vm.SerialPath); rerr == nil {
 		ue.Tail, ue.TailFrom = command.LastLines(string(out), 30), "the serial console"
 	}

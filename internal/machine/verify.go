@@ -46,8 +46,10 @@ type Timings struct {
 	PowerOff time.Duration `json:"power_off_ns,omitempty"`
 }
 
-// VerifyError is a boot check that did not reach ready.
-type VerifyError struct {
+// BootError is a guest that did not become ready: in a boot check or in
+// emu up. Tail is the failing service's journal or the serial console.
+type BootError struct {
+	Op       string // "verify" or "up"
 	Err      error
 	Service  string
 	Tail     []string
@@ -55,17 +57,17 @@ type VerifyError struct {
 	Logs     []string
 }
 
-func (e *VerifyError) Error() string {
+func (e *BootError) Error() string {
 	if e.Service != "" {
-		return fmt.Sprintf("verify: service %s: %v", e.Service, e.Err)
+		return fmt.Sprintf("%s: service %s: %v", e.Op, e.Service, e.Err)
 	}
-	return "verify: " + e.Err.Error()
+	return e.Op + ": " + e.Err.Error()
 }
 
-func (e *VerifyError) Unwrap() error { return e.Err }
+func (e *BootError) Unwrap() error { return e.Err }
 
 // Detail lists the tail and the logs.
-func (e *VerifyError) Detail() string {
+func (e *BootError) Detail() string {
 	s := ""
 	if len(e.Tail) > 0 {
 		s += fmt.Sprintf("last %d lines of %s:\n", len(e.Tail), e.TailFrom)
@@ -140,7 +142,7 @@ func Verify(ctx context.Context, opts VerifyOptions) (Timings, error) {
 	t.Start = time.Since(start)
 
 	fail := func(service string, err error) error {
-		ve := &VerifyError{Err: err, Service: service}
+		ve := &BootError{Op: "verify", Err: err, Service: service}
 		if service == "" {
 			if out, rerr := os.ReadFile(vm.SerialPath); rerr == nil {
 				ve.Tail, ve.TailFrom = command.LastLines(string(out), 30), "the serial console"
@@ -169,7 +171,7 @@ func Verify(ctx context.Context, opts VerifyOptions) (Timings, error) {
 				helloAt = time.Now()
 				t.Hello = helloAt.Sub(start) - t.Start
 			case event.ServiceUnhealthy:
-				ve := fail(e.Name, errors.New(e.Msg)).(*VerifyError)
+				ve := fail(e.Name, errors.New(e.Msg)).(*BootError)
 				if j := e.Fields["journal"]; j != "" {
 					ve.Tail, ve.TailFrom = command.LastLines(j, 20), "its journal"
 				}
