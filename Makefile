@@ -17,10 +17,9 @@ agent:
 demo-api:
 	CGO_ENABLED=0 GOOS=linux GOARCH=amd64 $(GO) build -trimpath -ldflags "-s -w" -o examples/demo/bin/demo-api ./examples/demo/cmd/demo-api
 
-# Build the demo image and boot it until every service is healthy.
+# Build the demo image (the build boots it once to check it) and start it.
 demo: all demo-api
-	bin/emu build -f examples/demo/emu.yaml
-	bin/emu verify -f examples/demo/emu.yaml
+	bin/emu up -f examples/demo/emu.yaml
 
 test:
 	$(GO) test -timeout 40m ./...
