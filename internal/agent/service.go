@@ -139,7 +139,9 @@ func (a *Agent) startOne(ctx context.Context, s Service) error {
 			return a.unhealthy(ctx, s, fmt.Sprintf("no success within %s; last probe: %s", timeout, last))
 		case <-time.After(backoff):
 		}
-		backoff = min(backoff*2, time.Second)
+		// Capped low: a probe is cheap, and every step of backoff is time
+		// the user waits after the service is already up.
+		backoff = min(backoff*2, 250*time.Millisecond)
 	}
 }
 
