@@ -319,6 +319,9 @@ func waitReady(ctx context.Context, vm *VM, timeout time.Duration, emit func(eve
 				}
 				return t, ue
 			case event.Failed:
+				if e.Name == "" {
+					return t, consoleError(vm, errors.New(e.Msg))
+				}
 				return t, &BootError{Op: "up", Service: e.Name, Err: errors.New(e.Msg)}
 			}
 		case <-vm.Proc.Done():
@@ -334,6 +337,15 @@ func waitReady(ctx context.Context, vm *VM, timeout time.Duration, emit func(eve
 			return t, ue
 		}
 	}
+}
+
+// failedService names the service a BootError is about, if any.
+func failedService(err error) string {
+	var be *BootError
+	if errors.As(err, &be) {
+		return be.Service
+	}
+	return ""
 }
 
 func consoleError(vm *VM, err error) *BootError {

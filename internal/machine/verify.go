@@ -141,54 +141,20 @@ func Verify(ctx context.Context, opts VerifyOptions) (Timings, error) {
 	defer vm.Stop(context.WithoutCancel(ctx), 5*time.Second)
 	t.Start = time.Since(start)
 
-	fail := func(service string, err error) error {
-		ve := &BootError{Op: "verify", Err: err, Service: service}
-		if service == "" {
-			if out, rerr := os.ReadFile(vm.SerialPath); rerr == nil {
-				ve.Tail, ve.TailFrom = command.LastLines(string(out), 30), "the serial console"
+	ready, err := waitReady(ctx, vm, opts.Timeout, emit)
+	if err != nil {
+		var be *BootError
+		if errors.As(err, &be) {
+			be.Op = "verify"
+			if opts.LogDir != "" {
+				be.Logs = []string{vm.SerialPath}
 			}
 		}
-		if opts.LogDir != "" {
-			ve.Logs = []string{vm.SerialPath}
-		}
-		emit(event.New(event.Failed, service, ve.Error()))
-		return ve
+		emit(event.New(event.Failed, failedService(err), err.Error()))
+		return t, err
 	}
-	var status event.Status
-	var helloAt time.Time
-	for !status.Ready {
-		select {
-		case e, ok := <-vm.Events:
-			if !ok {
-				return t, fail("", vm.Gone("every service was healthy"))
-			}
-			status = event.Fold(status, e)
-			if !e.Kind.Terminal() {
-				emit(e)
-			}
-			switch e.Kind {
-			case event.Hello:
-				helloAt = time.Now()
-				t.Hello = helloAt.Sub(start) - t.Start
-			case event.ServiceUnhealthy:
-				ve := fail(e.Name, errors.New(e.Msg)).(*BootError)
-				if j := e.Fields["journal"]; j != "" {
-					ve.Tail, ve.TailFrom = command.LastLines(j, 20), "its journal"
-				}
-				return t, ve
-			case event.Failed:
-				return t, fail(e.Name, errors.New(e.Msg))
-			}
-		case <-vm.Proc.Done():
-			return t, fail("", vm.Gone("every service was healthy"))
-		case <-ctx.Done():
-			return t, fail(status.Running(), fmt.Errorf("not ready within %s: %w", opts.Timeout, ctx.Err()))
-		}
-	}
+	t.Hello, t.Services = ready.Hello, ready.Services
 	t.Ready = time.Since(start)
-	if !helloAt.IsZero() {
-		t.Services = time.Since(helloAt)
-	}
 	emit(event.New(event.StageDone, "boot", "every service healthy"))
 
 	off := time.Now()
