@@ -54,7 +54,8 @@ func InputHash(s *spec.Stack, agentBinary string) (string, error) {
 	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
-func raw(b *builder) string { return filepath.Join(b.work, store.WorkDisk) }
+// rawDisk is the build's raw disk in the work directory.
+func (b *builder) rawDisk() string { return filepath.Join(b.work, store.WorkDisk) }
 
 // compress converts the provisioned disk into the staged bundle's qcow2.
 func (b *builder) compress(ctx context.Context) (map[string]string, error) {
@@ -62,7 +63,7 @@ func (b *builder) compress(ctx context.Context) (map[string]string, error) {
 		return nil, fmt.Errorf("create %s: %w", b.staged, err)
 	}
 	dst := filepath.Join(b.staged, store.BundleDisk)
-	raw := filepath.Join(b.work, store.WorkDisk)
+	raw := b.rawDisk()
 	if err := disk.AddJournal(ctx, b.opts.Runner, raw); err != nil {
 		return nil, err
 	}
@@ -148,7 +149,7 @@ func (b *builder) seedDiskCache() {
 		return
 	}
 	if err := os.MkdirAll(cached, 0o755); err == nil {
-		if err := os.Rename(raw(b), filepath.Join(cached, disk.PackedName)); err != nil {
+		if err := os.Rename(b.rawDisk(), filepath.Join(cached, disk.PackedName)); err != nil {
 			os.Remove(cached)
 		}
 	}

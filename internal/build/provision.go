@@ -45,7 +45,7 @@ func (b *builder) provision(ctx context.Context) (map[string]string, error) {
 	ctx, cancel := context.WithTimeout(ctx, total)
 	defer cancel()
 
-	raw := filepath.Join(b.work, store.WorkDisk)
+	raw := b.rawDisk()
 	m, err := machine.Start(ctx, machine.Config{
 		Name:    "emu-build-" + s.Name,
 		Arch:    s.Base.Arch,

@@ -76,7 +76,7 @@ func (b *builder) inject(ctx context.Context) (map[string]string, error) {
 
 // disk writes the tree into a sparse raw ext4 disk of vm.disk bytes.
 func (b *builder) disk(ctx context.Context) (map[string]string, error) {
-	raw := filepath.Join(b.work, store.WorkDisk)
+	raw := b.rawDisk()
 	tree := filepath.Join(b.work, store.WorkTree)
 	if err := disk.MakeExt4(ctx, b.opts.Runner, tree, raw, int64(b.opts.Stack.VM.Disk)); err != nil {
 		return nil, err

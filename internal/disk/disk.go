@@ -1,5 +1,6 @@
 // Package disk makes and converts the image's disk: ext4 from a tree with
-// no loop mounts, qcow2 compression, and atomic placement of the results.
+// no loop mounts, packing it as one zstd stream and back, overlays, and
+// atomic placement of the results.
 package disk
 
 import (
@@ -51,34 +52,6 @@ func MakeExt4(ctx context.Context, r Runner, tree, out string, size int64) error
 func AddJournal(ctx context.Context, r Runner, raw string) error {
 	if _, err := r.Run(ctx, "tune2fs", "-O", "has_journal", "-J", "size=32", raw); err != nil {
 		return fmt.Errorf("add journal to %s: %w", raw, err)
-	}
-	return nil
-}
-
-// Compression selects how Compress packs clusters.
-type Compression string
-
-const (
-	Zstd Compression = "zstd"
-	// Zlib is qemu-img's default; the reference pipeline used it.
-	Zlib Compression = "zlib"
-)
-
-// Compress converts src (raw) into a compressed qcow2 at dst, written under
-// a temporary name, synced, and renamed into place. Zero and discarded
-// clusters are skipped, so a trimmed disk shrinks to its live data.
-func Compress(ctx context.Context, r Runner, src, dst string, c Compression) error {
-	tmp := dst + ".tmp"
-	defer os.Remove(tmp)
-	args := []string{"convert", "-f", "raw", "-O", "qcow2", "-c", "-o", "compression_type=" + string(c), src, tmp}
-	if _, err := r.Run(ctx, "qemu-img", args...); err != nil {
-		return fmt.Errorf("compress %s to %s: %w", src, dst, err)
-	}
-	if err := SyncFile(tmp); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, dst); err != nil {
-		return fmt.Errorf("compress %s: %w", dst, err)
 	}
 	return nil
 }
