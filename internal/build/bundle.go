@@ -25,7 +25,8 @@ import (
 // with the same hash make the same image.
 func InputHash(s *spec.Stack, agentBinary string) (string, error) {
 	h := sha256.New()
-	fmt.Fprintf(h, "emu-bundle-v1\n")
+	// v2: the disk is packed (disk.tar.zst); older bundles count as stale.
+	fmt.Fprintf(h, "emu-bundle-v2\n")
 	sj, err := json.Marshal(s)
 	if err != nil {
 		return "", err
