@@ -112,6 +112,7 @@ func Parse(data []byte, path string) (s *Stack, err error) {
 	}
 	s.Path = abs
 	s.Dir = filepath.Dir(abs)
+	s.lines = lines
 	s.setDefaults()
 	if err := s.validate(path, lines); err != nil {
 		return nil, err

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
 )
 
 func TestLoadDemo(t *testing.T) {
@@ -48,7 +49,7 @@ func TestLoadDemo(t *testing.T) {
 		Path: abs,
 		Dir:  filepath.Dir(abs),
 	}
-	if diff := cmp.Diff(want, s); diff != "" {
+	if diff := cmp.Diff(want, s, cmpopts.IgnoreUnexported(Stack{})); diff != "" {
 		t.Errorf("Load (-want +got):\n%s", diff)
 	}
 	if got, want := s.FilePath(s.Files[0]), filepath.Join(filepath.Dir(abs), "bin", "demo-api"); got != want {

@@ -4,10 +4,14 @@ package spec
 
 // Stack is a loaded, defaulted stack file.
 type Stack struct {
-	Name     string             `yaml:"name" json:"name"`
-	Base     Base               `yaml:"base" json:"base"`
-	VM       VM                 `yaml:"vm" json:"vm"`
-	Files    []File             `yaml:"files" json:"files,omitempty"`
+	Name  string `yaml:"name" json:"name"`
+	Base  Base   `yaml:"base" json:"base"`
+	VM    VM     `yaml:"vm" json:"vm"`
+	Files []File `yaml:"files" json:"files,omitempty"`
+	// Images are container image sources on the host, relative to the
+	// stack file: tarballs as `docker save` writes them, or OCI layout
+	// directories. They are loaded into the guest's engine at build time.
+	Images   []string           `yaml:"images" json:"images,omitempty"`
 	Services map[string]Service `yaml:"services" json:"services,omitempty"`
 	Bake     []Step             `yaml:"bake" json:"bake,omitempty"`
 	Slim     Slim               `yaml:"slim" json:"slim"`
@@ -16,6 +20,9 @@ type Stack struct {
 	// which relative file sources resolve. Set by Load.
 	Path string `yaml:"-" json:"-"`
 	Dir  string `yaml:"-" json:"-"`
+	// lines maps field paths to their lines in the file, for errors found
+	// after loading (Errorf).
+	lines map[string]int
 }
 
 // Base is the guest's Debian root filesystem.
@@ -78,17 +85,54 @@ type Verify struct {
 	Timeout Duration `yaml:"timeout" json:"timeout,omitempty"`
 }
 
-// Service is a long-running process in the guest: either a systemd unit the
-// base already has (Unit) or a command emu wraps in a unit (Run).
+// Service is a long-running process in the guest: a systemd unit the base
+// already has (Unit), a command emu wraps in a unit (Run), or a container
+// from one of the stack's images (Image).
 type Service struct {
-	Unit   string            `yaml:"unit" json:"unit,omitempty"`
-	Run    []string          `yaml:"run" json:"run,omitempty"`
-	Env    map[string]string `yaml:"env" json:"env,omitempty"`
-	User   string            `yaml:"user" json:"user,omitempty"`
-	After  []string          `yaml:"after" json:"after,omitempty"`
-	Ports  []Port            `yaml:"ports" json:"ports,omitempty"`
-	Health Health            `yaml:"health" json:"health"`
+	Unit  string   `yaml:"unit" json:"unit,omitempty"`
+	Run   []string `yaml:"run" json:"run,omitempty"`
+	Image string   `yaml:"image" json:"image,omitempty"`
+	// Command replaces the image's Cmd (the arguments to its entrypoint);
+	// Entrypoint replaces the entrypoint. Containers only.
+	Command    []string `yaml:"command" json:"command,omitempty"`
+	Entrypoint []string `yaml:"entrypoint" json:"entrypoint,omitempty"`
+	// Volumes are named volumes, "NAME:/path[:ro]", kept in the guest's
+	// disk: they survive down and up, until reset. Containers only.
+	Volumes []string          `yaml:"volumes" json:"volumes,omitempty"`
+	Env     map[string]string `yaml:"env" json:"env,omitempty"`
+	User    string            `yaml:"user" json:"user,omitempty"`
+	After   []string          `yaml:"after" json:"after,omitempty"`
+	Ports   []Port            `yaml:"ports" json:"ports,omitempty"`
+	Health  Health            `yaml:"health" json:"health"`
+	// Restart is when a stopped run or container service is started again:
+	// on-failure (default), always or no. A unit keeps its own policy.
+	Restart string `yaml:"restart" json:"restart,omitempty"`
 }
+
+// Kind of a service.
+const (
+	KindUnit      = "unit"
+	KindRun       = "run"
+	KindContainer = "container"
+)
+
+// Kind is the service's kind: unit, run or container.
+func (svc Service) Kind() string {
+	switch {
+	case svc.Image != "":
+		return KindContainer
+	case svc.Unit != "":
+		return KindUnit
+	}
+	return KindRun
+}
+
+// Restart policies.
+const (
+	RestartOnFailure = "on-failure"
+	RestartAlways    = "always"
+	RestartNo        = "no"
+)
 
 // Port forwards a guest TCP port to 127.0.0.1:Host.
 type Port struct {
@@ -118,8 +162,16 @@ type HTTPHealth struct {
 // Step is a bake step: run once, at build time, in order, inside the VM, with
 // every service started and healthy.
 type Step struct {
-	Name string   `yaml:"name" json:"name"`
-	Run  []string `yaml:"run" json:"run"`
+	Name string `yaml:"name" json:"name"`
+	// Run is the command. With Container, it is the arguments to the
+	// image's entrypoint (the image's Cmd when left out).
+	Run []string `yaml:"run" json:"run"`
+	// Container runs the step in a container of this image, on the guest's
+	// network, removed when the step ends.
+	Container string `yaml:"container" json:"container,omitempty"`
+	// Volumes are named volumes for a container step, "NAME:/path[:ro]":
+	// the same names as the services' volumes, so a step can seed them.
+	Volumes []string `yaml:"volumes" json:"volumes,omitempty"`
 	// Env is given to the step only; it never reaches the image.
 	Env     map[string]string `yaml:"env" json:"env,omitempty"`
 	User    string            `yaml:"user" json:"user,omitempty"`

@@ -69,6 +69,7 @@ func (s *Stack) validate(file string, lines map[string]int) error {
 	s.checkBase(c)
 	s.checkVM(c)
 	s.checkFiles(c)
+	s.checkImages(c)
 	s.checkServices(c)
 	s.checkBake(c)
 	s.checkSlim(c)
@@ -137,12 +138,8 @@ func (s *Stack) checkFiles(c *checker) {
 		field := fmt.Sprintf("files[%d]", i)
 		if f.Src == "" {
 			c.addf(field+".src", "required: a host path, relative to the stack file's directory")
-		} else if fi, err := os.Stat(s.FilePath(f)); err != nil {
-			if os.IsNotExist(err) {
-				c.addf(field+".src", "source %s does not exist (looked at %s)", f.Src, s.FilePath(f))
-			} else {
-				c.addf(field+".src", "source %s: %v", f.Src, err)
-			}
+		} else if fi, err := statSource(f.Src, s.FilePath(f)); err != nil {
+			c.addf(field+".src", "source %v", err)
 		} else if !fi.Mode().IsRegular() {
 			c.addf(field+".src", "source %s is not a regular file", f.Src)
 		}
@@ -165,6 +162,19 @@ func (s *Stack) checkFiles(c *checker) {
 			dsts[f.Dst] = i
 		}
 	}
+}
+
+// statSource stats a host input, saying where it looked when it is missing.
+// The error starts with name, as written in the stack file.
+func statSource(name, abs string) (os.FileInfo, error) {
+	fi, err := os.Stat(abs)
+	switch {
+	case os.IsNotExist(err):
+		return nil, fmt.Errorf("%s does not exist (looked at %s)", name, abs)
+	case err != nil:
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	return fi, nil
 }
 
 func checkOptimize(c *checker, field string, o Optimize) {
@@ -226,11 +236,18 @@ func (s *Stack) checkServices(c *checker) {
 		if !isLabel(name) {
 			c.addf(field, "invalid service name %q: want a lowercase DNS label (a-z, 0-9 and '-', at most 63 characters)", name)
 		}
+		kinds := 0
+		for _, set := range []bool{svc.Unit != "", len(svc.Run) > 0, svc.Image != ""} {
+			if set {
+				kinds++
+			}
+		}
 		switch {
-		case svc.Unit == "" && len(svc.Run) == 0:
-			c.addf(field, "set one of unit (a systemd unit the base has) or run (a command)")
-		case svc.Unit != "" && len(svc.Run) > 0:
-			c.addf(field, "set only one of unit and run")
+		case kinds == 0:
+			c.addf(field, "set one of unit (a systemd unit the base has), run (a command) or image (a container)")
+		case kinds > 1:
+			c.addf(field, "set only one of unit, run and image")
+		case svc.Image != "":
 		case svc.Unit != "":
 			u := strings.TrimSuffix(svc.Unit, ".service")
 			if u == svc.Unit || u == "" || strings.ContainsAny(u, "/ \t") {
@@ -242,7 +259,19 @@ func (s *Stack) checkServices(c *checker) {
 			}
 		}
 		checkEnv(c, field+".env", svc.Env)
-		checkUser(c, field+".user", svc.User)
+		if svc.Image == "" {
+			checkUser(c, field+".user", svc.User)
+		}
+		s.checkContainer(c, field, svc)
+		switch svc.Restart {
+		case RestartOnFailure, RestartAlways, RestartNo:
+			if svc.Unit != "" {
+				c.addf(field+".restart", "restart is for run and container services: a unit keeps its own Restart=")
+			}
+		case "":
+		default:
+			c.addf(field+".restart", "unknown restart policy %q: want on-failure, always or no", svc.Restart)
+		}
 		seen := map[string]bool{}
 		for i, dep := range svc.After {
 			f := fmt.Sprintf("%s.after[%d]", field, i)
@@ -383,13 +412,23 @@ func (s *Stack) checkBake(c *checker) {
 		default:
 			names[st.Name] = i
 		}
-		if len(st.Run) == 0 {
+		switch {
+		case st.Container != "":
+			checkImageRef(c, s, field+".container", st.Container)
+			checkVolumes(c, field+".volumes", st.Volumes)
+			checkContainerUser(c, field+".user", st.User)
+		case len(st.Run) == 0:
 			c.addf(field+".run", "required: the command to run, such as [/usr/local/bin/app, migrate]")
-		} else if st.Run[0] == "" {
+		case st.Run[0] == "":
 			c.addf(field+".run[0]", "empty command")
 		}
+		if st.Container == "" {
+			checkUser(c, field+".user", st.User)
+			if st.Volumes != nil {
+				c.addf(field+".volumes", "volumes are for container steps: set container")
+			}
+		}
 		checkEnv(c, field+".env", st.Env)
-		checkUser(c, field+".user", st.User)
 		if st.Dir != "" {
 			checkGuestPath(c, field+".dir", st.Dir)
 		}
