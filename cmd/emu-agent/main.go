@@ -58,6 +58,9 @@ func run(ctx context.Context) error {
 		opts.System = agent.Systemd{}
 		opts.Setup = agent.SetupRuntime
 	}
+	if _, err := os.Stat(agent.PodmanPath); err == nil {
+		opts.Engine = agent.Podman{}
+	}
 	return agent.Start(ctx, opts)
 }
 

@@ -39,9 +39,14 @@ type Options struct {
 	PowerOff func() error
 	// Roots to trim after the bake; default "/".
 	TrimPaths []string
-	// Setup runs in run mode before the services start: the runtime
-	// config and the network (SetupRuntime). nil skips it.
+	// Setup runs before the services start: the runtime config and the
+	// network (SetupRuntime). nil skips it.
 	Setup func(ctx context.Context) error
+	// Engine is the container engine; nil when the guest has none.
+	Engine Engine
+	// SysBlock is sysfs's block directory (default /sys/block), where
+	// image disks are found by serial. Tests point it at a temp dir.
+	SysBlock string
 	// SlimDefaults are the globs removed after every bake besides the
 	// request's own; nil means DefaultSlim. Tests point it at a temp dir.
 	SlimDefaults []string
@@ -232,6 +237,16 @@ func (a *Agent) provision(ctx context.Context, reqs <-chan event.Request) error 
 	if err := a.optimize(ctx, req.Optimize); err != nil {
 		return a.fail(OptimizeStage, err)
 	}
+	if a.opts.Setup != nil {
+		// No runtime config at build time: this writes the (empty) env
+		// files the service units read.
+		if err := a.opts.Setup(ctx); err != nil {
+			return a.fail("setup", err)
+		}
+	}
+	if err := a.loadImages(ctx, req.Images); err != nil {
+		return a.fail(ImagesStage, err)
+	}
 	if svcs := subset(a.opts.Config.Services, req.Services); len(svcs) > 0 {
 		a.emit(event.New(event.StageStart, "services", "start services for the bake"))
 		if err := a.startServices(ctx, svcs); err != nil {
@@ -250,7 +265,7 @@ func (a *Agent) provision(ctx context.Context, reqs <-chan event.Request) error 
 	a.emit(event.New(event.StageDone, "bake", ""))
 
 	a.emit(event.New(event.StageStart, "slim", "in the guest"))
-	fields, err := a.slim(ctx, req.Slim)
+	fields, err := a.slim(ctx, req.Slim, req.Prune)
 	if err != nil {
 		a.emit(event.New(event.StageFailed, "slim", err.Error()))
 		return a.fail("slim", err)

@@ -24,6 +24,10 @@ const RuntimeFWCfg = "opt/emu/runtime.json"
 // (EnvironmentFile=-/run/emu/env).
 const EnvFile = "/run/emu/env"
 
+// ContainerEnvFile is the same env for container services, as podman's
+// --env-file reads it: values literal, no quoting.
+const ContainerEnvFile = "/run/emu/container.env"
+
 // Runtime is the per-start config: the instance's name, the host ports
 // its services are reachable on, and env overrides for the services.
 type Runtime struct {
@@ -67,7 +71,16 @@ var envKey = regexp.MustCompile(`[^A-Z0-9_]`)
 // EnvLines renders rt as an EnvironmentFile: EMU_INSTANCE, one
 // EMU_PORT_<SERVICE>_<NAME> per forward (the host port, for services that
 // print their public address), then the overrides, sorted.
-func (rt Runtime) EnvLines() string {
+func (rt Runtime) EnvLines() string { return rt.envLines(strconv.Quote) }
+
+// ContainerEnvLines renders rt as podman's --env-file: the same lines, the
+// values literal. That format has no way to write a line break: an override
+// holding one is left out.
+func (rt Runtime) ContainerEnvLines() string {
+	return rt.envLines(func(v string) string { return v })
+}
+
+func (rt Runtime) envLines(quote func(string) string) string {
 	var lines []string
 	if rt.Instance != "" {
 		lines = append(lines, "EMU_INSTANCE="+rt.Instance)
@@ -82,7 +95,11 @@ func (rt Runtime) EnvLines() string {
 	}
 	sort.Strings(keys)
 	for _, k := range keys {
-		lines = append(lines, k+"="+strconv.Quote(rt.Env[k]))
+		v := quote(rt.Env[k])
+		if strings.ContainsAny(v, "\n\r") {
+			continue
+		}
+		lines = append(lines, k+"="+v)
 	}
 	if len(lines) == 0 {
 		return ""
@@ -90,13 +107,16 @@ func (rt Runtime) EnvLines() string {
 	return strings.Join(lines, "\n") + "\n"
 }
 
-// WriteEnv writes the env file for the services.
-func (rt Runtime) WriteEnv(path string) error {
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := os.WriteFile(path, []byte(rt.EnvLines()), 0o600); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
+// WriteEnv writes the env files for the services: path for units, and
+// container for podman.
+func (rt Runtime) WriteEnv(path, container string) error {
+	for p, data := range map[string]string{path: rt.EnvLines(), container: rt.ContainerEnvLines()} {
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			return fmt.Errorf("write %s: %w", p, err)
+		}
+		if err := os.WriteFile(p, []byte(data), 0o600); err != nil {
+			return fmt.Errorf("write %s: %w", p, err)
+		}
 	}
 	return nil
 }
@@ -127,7 +147,7 @@ func SetupRuntime(ctx context.Context) error {
 		return err
 	}
 	var errs []error
-	if err := rt.WriteEnv(EnvFile); err != nil {
+	if err := rt.WriteEnv(EnvFile, ContainerEnvFile); err != nil {
 		errs = append(errs, err)
 	}
 	if len(rt.Ports) > 0 {

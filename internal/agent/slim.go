@@ -35,11 +35,17 @@ var DefaultSlim = []string{
 	"/var/log/journal/*/*",
 }
 
-// slim stops the services, removes the given paths and the default ones
-// (Options.SlimDefaults, which Start sets), and discards the freed blocks so
-// the host's disk file keeps no stale data.
-func (a *Agent) slim(ctx context.Context, paths []string) (map[string]string, error) {
+// slim stops the services, prunes the container storage when asked (the
+// services' containers are gone by then: --rm), removes the given paths and
+// the default ones (Options.SlimDefaults, which Start sets), and discards
+// the freed blocks so the host's disk file keeps no stale data.
+func (a *Agent) slim(ctx context.Context, paths []string, prune bool) (map[string]string, error) {
 	a.stopServices(ctx)
+	if prune {
+		if err := a.prune(ctx); err != nil {
+			return nil, err
+		}
+	}
 	if a.opts.System != nil {
 		// journald moves to /run for the rest of this boot, so the
 		// journal files below can go and nothing writes them again.

@@ -34,7 +34,7 @@ func TestSlim(t *testing.T) {
 		filepath.Join(dir, "usr/share/doc"),
 		filepath.Join(dir, "usr/share/man/*"),
 		filepath.Join(dir, "usr/share/nothing-here/*"),
-	})
+	}, false)
 	if err != nil {
 		t.Fatalf("slim: %v", err)
 	}
@@ -65,7 +65,7 @@ func TestSlim(t *testing.T) {
 
 func TestSlimBadPattern(t *testing.T) {
 	a := newAgent(Options{TrimPaths: []string{filepath.Join(t.TempDir(), "no-such-root")}})
-	_, err := a.slim(t.Context(), []string{"[unclosed"})
+	_, err := a.slim(t.Context(), []string{"[unclosed"}, false)
 	if err == nil || !strings.Contains(err.Error(), `slim: bad pattern "[unclosed"`) {
 		t.Errorf("slim = %v, want a bad-pattern error", err)
 	}
@@ -77,7 +77,7 @@ func TestSlimWithoutDefaults(t *testing.T) {
 	dir := t.TempDir()
 	writeFile(t, filepath.Join(dir, "a"), "x")
 	a := newAgent(Options{TrimPaths: []string{filepath.Join(dir, "no-such-root")}})
-	fields, err := a.slim(t.Context(), nil)
+	fields, err := a.slim(t.Context(), nil, false)
 	if err != nil {
 		t.Fatal(err)
 	}

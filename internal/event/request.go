@@ -37,6 +37,23 @@ type Request struct {
 	// Optimize lists the binaries to verify in the guest and install,
 	// before the services start (OpProvision).
 	Optimize []Binary `json:"optimize,omitempty"`
+	// Images are loaded into the container engine before the services
+	// start (OpProvision).
+	Images []Image `json:"images,omitempty"`
+	// Prune removes stopped containers, dangling images and build cache
+	// after the bake (OpProvision).
+	Prune bool `json:"prune,omitempty"`
+}
+
+// Image is one image source the host attached as a read-only disk.
+type Image struct {
+	// Serial is the disk's serial, how the agent finds it.
+	Serial string `json:"serial"`
+	// Source names it for messages: the stack file's images entry.
+	Source string `json:"source"`
+	// IDs are the images it holds ("sha256:…"); each must be in the
+	// engine after the load.
+	IDs []string `json:"ids"`
 }
 
 // Binary is one file the host optimized: the agent runs each candidate with

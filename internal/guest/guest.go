@@ -53,7 +53,9 @@ var masked = []string{
 }
 
 // Render returns every file emu adds to the tree of s, sorted by path.
-func Render(s *spec.Stack) ([]File, error) {
+// images maps each image reference the stack names (spec.ImageRefs) to the
+// image's ID; it may be nil for a stack without containers.
+func Render(s *spec.Stack, images map[string]string) ([]File, error) {
 	cfg := AgentConfig(s)
 	cj, err := json.MarshalIndent(cfg, "", "  ")
 	if err != nil {
@@ -73,7 +75,18 @@ func Render(s *spec.Stack) ([]File, error) {
 	}
 	for _, name := range s.ServiceNames() {
 		svc := s.Services[name]
-		if svc.Unit != "" {
+		switch svc.Kind() {
+		case spec.KindUnit:
+			continue
+		case spec.KindContainer:
+			id, ok := images[svc.Image]
+			if !ok {
+				return nil, fmt.Errorf("render service %s: no image ID for %s", name, svc.Image)
+			}
+			unit, env := containerUnit(s, name, svc, id)
+			files = append(files,
+				File{Path: "/etc/systemd/system/" + UnitName(name, svc), Mode: 0o644, Data: []byte(unit)},
+				File{Path: ContainerEnvDir + "/" + name + ".env", Mode: 0o600, Data: []byte(env)})
 			continue
 		}
 		files = append(files, File{
@@ -134,17 +147,32 @@ KillMode=process
 WantedBy=sysinit.target
 `
 
-func serviceUnit(s *spec.Stack, name string, svc spec.Service) string {
-	var b strings.Builder
-	fmt.Fprintf(&b, "# Written by emu for stack %s. Started by emu-agent, in dependency order.\n", s.Name)
+// unitHead writes a service unit's [Unit] section and the start of its
+// [Service] section.
+func unitHead(b *strings.Builder, s *spec.Stack, name, what string, svc spec.Service) {
+	fmt.Fprintf(b, "# Written by emu for stack %s. Started by emu-agent, in dependency order.\n", s.Name)
 	b.WriteString("[Unit]\n")
-	fmt.Fprintf(&b, "Description=%s (emu service)\n", name)
+	fmt.Fprintf(b, "Description=%s (emu %s)\n", name, what)
 	after := []string{"network.target"}
 	for _, dep := range svc.After {
 		after = append(after, UnitName(dep, s.Services[dep]))
 	}
-	fmt.Fprintf(&b, "After=%s\n", strings.Join(after, " "))
+	fmt.Fprintf(b, "After=%s\n", strings.Join(after, " "))
 	b.WriteString("\n[Service]\nType=simple\n")
+}
+
+// restartLines is the unit's restart policy.
+func restartLines(svc spec.Service) string {
+	r := svc.Restart
+	if r == "" {
+		r = spec.RestartOnFailure
+	}
+	return "Restart=" + r + "\nRestartSec=1\n"
+}
+
+func serviceUnit(s *spec.Stack, name string, svc spec.Service) string {
+	var b strings.Builder
+	unitHead(&b, s, name, "service", svc)
 	fmt.Fprintf(&b, "ExecStart=%s\n", execLine(svc.Run))
 	keys := make([]string, 0, len(svc.Env))
 	for k := range svc.Env {
@@ -159,7 +187,7 @@ func serviceUnit(s *spec.Stack, name string, svc spec.Service) string {
 	if svc.User != "" {
 		fmt.Fprintf(&b, "User=%s\n", svc.User)
 	}
-	b.WriteString("Restart=on-failure\nRestartSec=1\n")
+	b.WriteString(restartLines(svc))
 	return b.String()
 }
 

@@ -128,7 +128,7 @@ func TestRenderGolden(t *testing.T) {
 		{"minimal", minimalYAML},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			files, err := Render(parse(t, tc.yaml))
+			files, err := Render(parse(t, tc.yaml), nil)
 			if err != nil {
 				t.Fatalf("Render: %v", err)
 			}
@@ -155,7 +155,7 @@ func TestRenderGolden(t *testing.T) {
 }
 
 func TestRenderSkipsUnitServices(t *testing.T) {
-	files, err := Render(parse(t, demoYAML))
+	files, err := Render(parse(t, demoYAML), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -397,7 +397,7 @@ func TestAgentConfig(t *testing.T) {
 
 func TestWrite(t *testing.T) {
 	s := parse(t, demoYAML)
-	files, err := Render(s)
+	files, err := Render(s, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,44 @@
+package agent
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+func TestRuntimeEnvFiles(t *testing.T) {
+	rt := Runtime{
+		Instance: "demo",
+		Ports:    []RuntimePort{{Service: "api", Name: "http", Guest: 8080, Host: 26701}},
+		Env:      map[string]string{"GREETING": `say "hi"`, "MULTI": "a\nb"},
+	}
+	dir := t.TempDir()
+	units, containers := filepath.Join(dir, "env"), filepath.Join(dir, "sub", "container.env")
+	if err := rt.WriteEnv(units, containers); err != nil {
+		t.Fatal(err)
+	}
+	for path, want := range map[string]string{
+		// systemd's EnvironmentFile unquotes, so values are quoted.
+		units: "EMU_INSTANCE=demo\nEMU_PORT_API_HTTP=26701\nGREETING=\"say \\\"hi\\\"\"\nMULTI=\"a\\nb\"\n",
+		// podman takes values literally and has no way to write a line
+		// break: that override is left out.
+		containers: "EMU_INSTANCE=demo\nEMU_PORT_API_HTTP=26701\nGREETING=say \"hi\"\n",
+	} {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(b) != want {
+			t.Errorf("%s =\n%s\nwant\n%s", filepath.Base(path), b, want)
+		}
+	}
+	// No runtime config (a build): both files exist, empty.
+	if err := (Runtime{}).WriteEnv(units, containers); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{units, containers} {
+		if fi, err := os.Stat(p); err != nil || fi.Size() != 0 {
+			t.Errorf("%s after an empty runtime: %v, %v", p, fi, err)
+		}
+	}
+}

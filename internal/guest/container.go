@@ -1,0 +1,110 @@
+package guest
+
+import (
+	"encoding/json"
+	"fmt"
+	"sort"
+	"strings"
+
+	"github.com/emu-dev/emu/internal/agent"
+	"github.com/emu-dev/emu/internal/spec"
+)
+
+// Podman is the engine's binary in the guest.
+const Podman = agent.PodmanPath
+
+// ContainerEnvDir holds each container service's env file (the stack's
+// env); the runtime's (agent.ContainerEnvFile) is read after it, so it wins.
+const ContainerEnvDir = "/etc/emu/containers"
+
+// ContainerName is the engine's name for service name's container.
+func ContainerName(name string) string { return "emu-" + name }
+
+// containerUnit returns the unit that runs service name as a container of
+// image id, and the service's env file. The container shares the guest's
+// network: its ports are the guest's, forwarded and probed like any other
+// service's. Its output goes to the unit's journal (passthrough), which is
+// what `emu logs` reads; its cgroup is the unit's (split), so stopping the
+// unit stops all of it.
+func containerUnit(s *spec.Stack, name string, svc spec.Service, id string) (unit, env string) {
+	var b strings.Builder
+	unitHead(&b, s, name, "container", svc)
+	args := []string{Podman, "run", "--name=" + ContainerName(name), "--replace", "--rm",
+		"--pull=never", "--network=host", "--cgroups=split", "--log-driver=passthrough",
+		"--env-file=" + ContainerEnvDir + "/" + name + ".env", "--env-file=" + agent.ContainerEnvFile}
+	args = append(args, volumeArgs(svc.Volumes)...)
+	if svc.User != "" {
+		args = append(args, "--user="+svc.User)
+	}
+	if svc.Entrypoint != nil {
+		ep, _ := json.Marshal(svc.Entrypoint) // strings always marshal
+		args = append(args, "--entrypoint="+string(ep))
+	}
+	args = append(args, strings.TrimPrefix(id, "sha256:"))
+	args = append(args, svc.Command...)
+	fmt.Fprintf(&b, "# Image %s (%s), never pulled.\n", svc.Image, id)
+	fmt.Fprintf(&b, "ExecStart=%s\n", execLine(args))
+	fmt.Fprintf(&b, "ExecStopPost=-%s\n", execLine([]string{Podman, "rm", "--force", "--ignore", "--time=10", ContainerName(name)}))
+	// podman passes SIGTERM on to the container and exits 143 with it.
+	b.WriteString("KillMode=mixed\nTimeoutStopSec=30\nSuccessExitStatus=143\n")
+	b.WriteString(restartLines(svc))
+	return b.String(), EnvFile(svc.Env)
+}
+
+// EnvFile renders env as podman reads an --env-file: NAME=value lines, the
+// value taken literally (spec rejects line breaks in it).
+func EnvFile(env map[string]string) string {
+	keys := make([]string, 0, len(env))
+	for k := range env {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	var b strings.Builder
+	b.WriteString("# Written by emu. podman --env-file: values are literal.\n")
+	for _, k := range keys {
+		fmt.Fprintf(&b, "%s=%s\n", k, env[k])
+	}
+	return b.String()
+}
+
+// volumeArgs are podman's --volume flags for named volumes.
+func volumeArgs(vols []string) []string {
+	var args []string
+	for _, v := range vols {
+		vol, err := spec.ParseVolume(v)
+		if err != nil {
+			continue // validated by spec
+		}
+		arg := "--volume=" + vol.Name + ":" + vol.Path
+		if vol.ReadOnly {
+			arg += ":ro"
+		}
+		args = append(args, arg)
+	}
+	return args
+}
+
+// ContainerStep returns the command that runs a container bake step, and
+// the env to give that command: the step's env reaches the container through
+// podman's own environment (--env=NAME), never its command line.
+func ContainerStep(st spec.Step, id string) []string {
+	args := []string{Podman, "run", "--name=emu-bake-" + strings.ToLower(st.Name), "--replace", "--rm",
+		"--pull=never", "--network=host", "--log-driver=passthrough"}
+	keys := make([]string, 0, len(st.Env))
+	for k := range st.Env {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		args = append(args, "--env="+k)
+	}
+	args = append(args, volumeArgs(st.Volumes)...)
+	if st.User != "" {
+		args = append(args, "--user="+st.User)
+	}
+	if st.Dir != "" {
+		args = append(args, "--workdir="+st.Dir)
+	}
+	args = append(args, strings.TrimPrefix(id, "sha256:"))
+	return append(args, st.Run...)
+}
