@@ -26,6 +26,8 @@ type Engine interface {
 	// Prune removes stopped containers, dangling images and build cache;
 	// never volumes. It returns what the engine says it reclaimed.
 	Prune(ctx context.Context) (string, error)
+	// CreateVolume creates a named volume unless it exists.
+	CreateVolume(ctx context.Context, name string) error
 }
 
 // PodmanPath is podman's binary in a Debian guest.
@@ -51,6 +53,11 @@ func (p Podman) Has(ctx context.Context, id string) bool {
 
 func (p Podman) Prune(ctx context.Context) (string, error) {
 	return output(ctx, p.bin(), "system", "prune", "--force", "--build")
+}
+
+func (p Podman) CreateVolume(ctx context.Context, name string) error {
+	_, err := output(ctx, p.bin(), "volume", "create", "--ignore", name)
+	return err
 }
 
 func output(ctx context.Context, name string, args ...string) (string, error) {
@@ -84,6 +91,25 @@ func (a *Agent) loadImages(ctx context.Context, imgs []event.Image) error {
 	}
 	a.emit(event.New(event.StageDone, ImagesStage, time.Since(start).Round(time.Millisecond).String()).
 		With("sources", strconv.Itoa(len(imgs))))
+	return nil
+}
+
+// createVolumes makes the stack's named volumes in the engine's own
+// database before the bake. Container bake steps run on a throwaway
+// database (podman --transient-store), which keeps their env out of the
+// image; what they write into a volume lands in the volume made here.
+func (a *Agent) createVolumes(ctx context.Context, names []string) error {
+	if len(names) == 0 {
+		return nil
+	}
+	if a.opts.Engine == nil {
+		return fmt.Errorf("create volumes: no container engine in this guest (the base needs podman)")
+	}
+	for _, n := range names {
+		if err := a.opts.Engine.CreateVolume(ctx, n); err != nil {
+			return fmt.Errorf("create volume %s: %w", n, err)
+		}
+	}
 	return nil
 }
 

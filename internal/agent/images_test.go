@@ -53,6 +53,11 @@ func (f *fakeEngine) Prune(context.Context) (string, error) {
 	return "Total reclaimed space: 0B", nil
 }
 
+func (f *fakeEngine) CreateVolume(_ context.Context, name string) error {
+	f.record("volume " + name)
+	return nil
+}
+
 func (f *fakeEngine) Calls() []string {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -90,8 +95,9 @@ func TestProvisionLoadsImagesAndPrunes(t *testing.T) {
 			{Serial: "emu-img-0", Source: "images/api.tar", IDs: []string{"sha256:aa"}},
 			{Serial: "emu-img-1", Source: "images/layout", IDs: []string{"sha256:bb", "sha256:cc"}},
 		},
-		Steps: []event.Step{sh("migrate", "exit 0", t.TempDir())},
-		Prune: true,
+		Steps:   []event.Step{sh("migrate", "exit 0", t.TempDir())},
+		Prune:   true,
+		Volumes: []string{"data", "uploads"},
 	})
 	if err := h.result(); err != nil {
 		t.Fatalf("provision: %v\n%s", err, dump(events))
@@ -108,7 +114,7 @@ func TestProvisionLoadsImagesAndPrunes(t *testing.T) {
 			logs = append(logs, e.Name+": "+e.Msg)
 		}
 	}
-	if diff := cmp.Diff([]string{"load /dev/vdb", "load /dev/vdc", "prune"}, eng.Calls()); diff != "" {
+	if diff := cmp.Diff([]string{"load /dev/vdb", "load /dev/vdc", "volume data", "volume uploads", "prune"}, eng.Calls()); diff != "" {
 		t.Errorf("engine calls (-want +got):\n%s", diff)
 	}
 	// The prune comes after the services stopped: their containers are gone.

@@ -43,6 +43,9 @@ type Request struct {
 	// Prune removes stopped containers, dangling images and build cache
 	// after the bake (OpProvision).
 	Prune bool `json:"prune,omitempty"`
+	// Volumes are the named volumes the stack uses, created in the
+	// engine before the bake (OpProvision).
+	Volumes []string `json:"volumes,omitempty"`
 }
 
 // Image is one image source the host attached as a read-only disk.

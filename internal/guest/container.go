@@ -67,6 +67,28 @@ func EnvFile(env map[string]string) string {
 	return b.String()
 }
 
+// Volumes returns the names of every named volume the stack uses.
+func Volumes(s *spec.Stack) []string {
+	seen := map[string]bool{}
+	var names []string
+	add := func(vols []string) {
+		for _, v := range vols {
+			if vol, err := spec.ParseVolume(v); err == nil && !seen[vol.Name] {
+				seen[vol.Name] = true
+				names = append(names, vol.Name)
+			}
+		}
+	}
+	for _, name := range s.ServiceNames() {
+		add(s.Services[name].Volumes)
+	}
+	for _, st := range s.Bake {
+		add(st.Volumes)
+	}
+	sort.Strings(names)
+	return names
+}
+
 // volumeArgs are podman's --volume flags for named volumes.
 func volumeArgs(vols []string) []string {
 	var args []string
@@ -84,11 +106,15 @@ func volumeArgs(vols []string) []string {
 	return args
 }
 
-// ContainerStep returns the command that runs a container bake step, and
-// the env to give that command: the step's env reaches the container through
-// podman's own environment (--env=NAME), never its command line.
+// ContainerStep returns the command that runs a container bake step. The
+// step's env reaches the container through podman's own environment
+// (--env=NAME), never its command line. podman records a container's env
+// in its database, and a removed record's bytes stay in the file's free
+// pages: so the step runs on a transient database, in /run, gone at power
+// off (--transient-store). Its volumes exist already (the agent creates
+// the stack's volumes first), so what it writes into them stays.
 func ContainerStep(st spec.Step, id string) []string {
-	args := []string{Podman, "run", "--name=emu-bake-" + strings.ToLower(st.Name), "--replace", "--rm",
+	args := []string{Podman, "--transient-store", "run", "--name=emu-bake-" + strings.ToLower(st.Name), "--replace", "--rm",
 		"--pull=never", "--network=host", "--log-driver=passthrough"}
 	keys := make([]string, 0, len(st.Env))
 	for k := range st.Env {

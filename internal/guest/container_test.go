@@ -54,10 +54,16 @@ func TestRenderContainers(t *testing.T) {
 	}
 }
 
+func TestVolumes(t *testing.T) {
+	if diff := cmp.Diff([]string{"conf", "uploads"}, Volumes(parse(t, containersYAML))); diff != "" {
+		t.Errorf("Volumes (-want +got):\n%s", diff)
+	}
+}
+
 func TestContainerStep(t *testing.T) {
 	s := parse(t, containersYAML)
 	got := ContainerStep(s.Bake[0], apiID)
-	want := []string{"/usr/bin/podman", "run", "--name=emu-bake-migrate", "--replace", "--rm", "--pull=never",
+	want := []string{"/usr/bin/podman", "--transient-store", "run", "--name=emu-bake-migrate", "--replace", "--rm", "--pull=never",
 		"--network=host", "--log-driver=passthrough", "--env=TOKEN", "--volume=uploads:/var/lib/api",
 		strings.TrimPrefix(apiID, "sha256:"), "migrate"}
 	if diff := cmp.Diff(want, got); diff != "" {
