@@ -3,7 +3,7 @@ GO        ?= go
 VERSION   ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -s -w -X github.com/emu-dev/emu/internal/cli.Version=$(VERSION)
 
-.PHONY: all emu agent demo-api demo test test-short clean
+.PHONY: all emu agent demo-api containers-image demo test test-short clean
 
 all: emu agent
 
@@ -17,6 +17,10 @@ agent:
 demo-api:
 	CGO_ENABLED=0 GOOS=linux GOARCH=amd64 $(GO) build -trimpath -ldflags "-s -w" -o examples/demo/bin/demo-api ./examples/demo/cmd/demo-api
 
+# The demo API as a container image (docker-archive), for examples/containers.
+containers-image: demo-api
+	$(GO) run ./examples/containers/mkimage -bin examples/demo/bin/demo-api -tag demo-api:latest -o examples/containers/images/demo-api.tar
+
 # Build the demo image (the build boots it once to check it) and start it.
 demo: all demo-api
 	bin/emu up -f examples/demo/emu.yaml
@@ -28,4 +32,4 @@ test-short:
 	$(GO) test -short ./...
 
 clean:
-	rm -rf bin examples/demo/bin
+	rm -rf bin examples/demo/bin examples/containers/images

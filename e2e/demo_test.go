@@ -27,17 +27,7 @@ import (
 )
 
 func TestDemoBuildAndVerify(t *testing.T) {
-	vmtest.Skip(t)
-	if _, err := exec.LookPath("mmdebstrap"); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatal("e2e needs mmdebstrap")
-		}
-		t.Skip("e2e needs mmdebstrap")
-	}
-	root, err := filepath.Abs("..")
-	if err != nil {
-		t.Fatal(err)
-	}
+	root := needDebian(t)
 	// The demo's own binary, as `make demo-api` builds it, into a copy of
 	// the example so the test writes nothing into the source tree.
 	demo := t.TempDir()
@@ -50,19 +40,7 @@ func TestDemoBuildAndVerify(t *testing.T) {
 	}
 	gobuild(t, root, filepath.Join(demo, "bin/demo-api"), "./examples/demo/cmd/demo-api")
 
-	home := t.TempDir()
-	t.Setenv("EMU_HOME", home)
-	t.Setenv("EMU_AGENT", vmtest.Agent(t))
-	// The root filesystem cache outlives the test: a Debian tree is the
-	// slow part, and its key covers everything that goes into it.
-	cache := filepath.Join(vmtest.CacheDir(t), "rootfs")
-	if err := os.MkdirAll(cache, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	os.MkdirAll(filepath.Join(home, "cache"), 0o755)
-	if err := os.Symlink(cache, store.At(home).RootfsCache()); err != nil {
-		t.Fatal(err)
-	}
+	home := newHome(t)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute)
 	defer cancel()
@@ -113,6 +91,43 @@ func TestDemoBuildAndVerify(t *testing.T) {
 	}
 
 	t.Run("lifecycle", func(t *testing.T) { lifecycle(ctx, t, home, dir) })
+}
+
+// needDebian skips (fails in CI) without what a Debian build needs, and
+// returns the repository's root.
+func needDebian(t *testing.T) string {
+	t.Helper()
+	vmtest.Skip(t)
+	if _, err := exec.LookPath("mmdebstrap"); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatal("e2e needs mmdebstrap")
+		}
+		t.Skip("e2e needs mmdebstrap")
+	}
+	root, err := filepath.Abs("..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return root
+}
+
+// newHome makes an EMU_HOME for the test, with the test agent, and the
+// shared root filesystem cache: it outlives the test, since a Debian tree is
+// the slow part and its key covers everything that goes into it.
+func newHome(t *testing.T) string {
+	t.Helper()
+	home := t.TempDir()
+	t.Setenv("EMU_HOME", home)
+	t.Setenv("EMU_AGENT", vmtest.Agent(t))
+	cache := filepath.Join(vmtest.CacheDir(t), "rootfs")
+	if err := os.MkdirAll(cache, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	os.MkdirAll(filepath.Join(home, "cache"), 0o755)
+	if err := os.Symlink(cache, store.At(home).RootfsCache()); err != nil {
+		t.Fatal(err)
+	}
+	return home
 }
 
 // lifecycle runs the image the way a developer does: up, write, down, up,

@@ -245,10 +245,10 @@ func (a *Agent) provision(ctx context.Context, reqs <-chan event.Request) error 
 		}
 	}
 	if err := a.loadImages(ctx, req.Images); err != nil {
-		return a.fail(ImagesStage, err)
+		return a.fail(LoadStage, err)
 	}
 	if err := a.createVolumes(ctx, req.Volumes); err != nil {
-		return a.fail(ImagesStage, err)
+		return a.fail(LoadStage, err)
 	}
 	if svcs := subset(a.opts.Config.Services, req.Services); len(svcs) > 0 {
 		a.emit(event.New(event.StageStart, "services", "start services for the bake"))

@@ -14,8 +14,9 @@ import (
 	"github.com/emu-dev/emu/internal/event"
 )
 
-// ImagesStage is the provisioning stage that loads container images.
-const ImagesStage = "images"
+// LoadStage is the provisioning stage that loads container images into the
+// engine (the host's own "images" stage reads and checks them).
+const LoadStage = "load"
 
 // Engine is the guest's container engine, as the agent needs it.
 type Engine interface {
@@ -81,15 +82,15 @@ func (a *Agent) loadImages(ctx context.Context, imgs []event.Image) error {
 	if a.opts.Engine == nil {
 		return fmt.Errorf("load images: no container engine in this guest (the base needs podman)")
 	}
-	a.emit(event.New(event.StageStart, ImagesStage, fmt.Sprintf("%d image sources", len(imgs))))
+	a.emit(event.New(event.StageStart, LoadStage, fmt.Sprintf("%d image sources", len(imgs))))
 	start := time.Now()
 	for _, img := range imgs {
 		if err := a.loadImage(ctx, img); err != nil {
-			a.emit(event.New(event.StageFailed, ImagesStage, err.Error()))
+			a.emit(event.New(event.StageFailed, LoadStage, err.Error()))
 			return err
 		}
 	}
-	a.emit(event.New(event.StageDone, ImagesStage, time.Since(start).Round(time.Millisecond).String()).
+	a.emit(event.New(event.StageDone, LoadStage, time.Since(start).Round(time.Millisecond).String()).
 		With("sources", strconv.Itoa(len(imgs))))
 	return nil
 }
@@ -124,7 +125,7 @@ func (a *Agent) loadImage(ctx context.Context, img event.Image) error {
 	if err != nil {
 		return fmt.Errorf("load image %s from %s: %w", img.Source, dev, err)
 	}
-	a.emit(event.New(event.Log, ImagesStage, img.Source+": "+strings.ReplaceAll(out, "\n", "; ")))
+	a.emit(event.New(event.Log, LoadStage, img.Source+": "+strings.ReplaceAll(out, "\n", "; ")))
 	for _, id := range img.IDs {
 		if !a.opts.Engine.Has(ctx, id) {
 			return fmt.Errorf("load image %s: image %s is not in the engine after the load", img.Source, id)

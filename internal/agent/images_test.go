@@ -104,7 +104,7 @@ func TestProvisionLoadsImagesAndPrunes(t *testing.T) {
 	}
 	got := summary(events)
 	// Images load before any service starts.
-	want := []string{"hello demo", "stage.start images", "stage.done images", "stage.start services"}
+	want := []string{"hello demo", "stage.start load", "stage.done load", "stage.start services"}
 	if diff := cmp.Diff(want, got[:len(want)]); diff != "" {
 		t.Errorf("events (-want +got):\n%s", diff)
 	}
@@ -121,8 +121,8 @@ func TestProvisionLoadsImagesAndPrunes(t *testing.T) {
 	if calls := sys.Calls(); calls[len(calls)-1] != "stop emu-api.service" {
 		t.Errorf("init system calls %v: want the service stopped", calls)
 	}
-	wantLogs := []string{"images: images/api.tar: Loaded image: demo-api:latest",
-		"images: images/layout: Loaded image: demo-api:latest", "slim: container storage: Total reclaimed space: 0B"}
+	wantLogs := []string{"load: images/api.tar: Loaded image: demo-api:latest",
+		"load: images/layout: Loaded image: demo-api:latest", "slim: container storage: Total reclaimed space: 0B"}
 	if diff := cmp.Diff(wantLogs, logs[:min(len(logs), len(wantLogs))]); diff != "" {
 		t.Errorf("log events (-want +got):\n%s", diff)
 	}
@@ -158,8 +158,8 @@ func TestProvisionImageFailures(t *testing.T) {
 				t.Fatalf("provision error = %v, want %q\n%s", err, tt.want, dump(events))
 			}
 			last := events[len(events)-1]
-			if last.Kind != event.Failed || last.Name != ImagesStage {
-				t.Errorf("last event %s %s, want failed %s", last.Kind, last.Name, ImagesStage)
+			if last.Kind != event.Failed || last.Name != LoadStage {
+				t.Errorf("last event %s %s, want failed %s", last.Kind, last.Name, LoadStage)
 			}
 			if _, ran := find(events, event.StepStart, "never"); ran {
 				t.Error("a bake step ran after the images failed to load")

@@ -85,14 +85,26 @@ type builder struct {
 	initrd  string
 	man     bundle.Manifest
 	bins    binaries // files[].optimize, from inject to the manifest
+	// images: the stack's image sources, and each image reference's ID.
+	imageSources []imageSource
+	imageIDs     map[string]string
 
 	logMu   sync.Mutex
 	logFile *os.File
 	status  event.Status
 }
 
-// Stages are the build's stage names, in order.
-var Stages = []string{"rootfs", "inject", "disk", "provision", "compress", "verify", "bundle"}
+// Stages are the build's stage names, in order. images runs only for a
+// stack with images (StagesFor).
+var Stages = []string{"images", "rootfs", "inject", "disk", "provision", "compress", "verify", "bundle"}
+
+// StagesFor returns the stages a build of s runs.
+func StagesFor(s *spec.Stack) []string {
+	if len(s.Images) == 0 {
+		return Stages[1:]
+	}
+	return Stages
+}
 
 // Build runs every stage. On failure or interruption the previous bundle at
 // the same place is untouched, the work directory is removed (unless
@@ -122,7 +134,12 @@ func Build(ctx context.Context, opts Options) (res *Result, err error) {
 		cleanup(err)
 	}()
 
-	stages := []stage{
+	var stages []stage
+	if len(opts.Stack.Images) > 0 {
+		// First: a corrupt image fails before anything slow runs.
+		stages = append(stages, stage{"images", b.images})
+	}
+	stages = append(stages, []stage{
 		{"rootfs", b.rootfs},
 		{"inject", b.inject},
 		{"disk", b.disk},
@@ -130,7 +147,7 @@ func Build(ctx context.Context, opts Options) (res *Result, err error) {
 		{"compress", b.compress},
 		{"verify", b.verify},
 		{"bundle", b.bundle},
-	}
+	}...)
 	for _, st := range stages {
 		if err := ctx.Err(); err != nil {
 			return nil, b.failure(st.name, fmt.Errorf("interrupted: %w", err))
@@ -303,12 +320,13 @@ func (b *builder) rootfs(ctx context.Context) (map[string]string, error) {
 		return map[string]string{"given": "true", "size": strconv.FormatInt(fi.Size(), 10)}, nil
 	}
 	cache := rootfs.Cache{Dir: b.opts.Home.RootfsCache(), Runner: b.runner("rootfs")}
-	path, cached, err := cache.Ensure(ctx, b.opts.Stack.Base)
+	base := GuestBase(b.opts.Stack)
+	path, cached, err := cache.Ensure(ctx, base)
 	if err != nil {
 		return nil, err
 	}
 	b.tarball = path
-	b.man.RootfsKey = rootfs.Key(b.opts.Stack.Base)
+	b.man.RootfsKey = rootfs.Key(base)
 	fi, err := os.Stat(path)
 	if err != nil {
 		return nil, err
@@ -317,6 +335,16 @@ func (b *builder) rootfs(ctx context.Context) (map[string]string, error) {
 		b.emit(event.New(event.Log, "rootfs", "reusing cached root filesystem "+path))
 	}
 	return map[string]string{"cached": strconv.FormatBool(cached), "size": strconv.FormatInt(fi.Size(), 10)}, nil
+}
+
+// GuestBase is the base the guest is made from: the stack's, with a
+// container engine when the stack uses containers.
+func GuestBase(s *spec.Stack) spec.Base {
+	base := s.Base
+	if s.UsesContainers() {
+		base.Packages = append(append([]string(nil), base.Packages...), spec.EnginePackages...)
+	}
+	return base
 }
 
 // runner returns the build's runner, with tool output sent to the log as

@@ -39,6 +39,12 @@ func InputHash(s *spec.Stack, agentBinary string) (string, error) {
 	for _, f := range s.Files {
 		inputs = append(inputs, input{f.Dst, s.FilePath(f)})
 	}
+	for i, entry := range s.Images {
+		fmt.Fprintf(h, "\nimages[%d]\n", i)
+		if err := hashTree(h, s.ImagePath(entry)); err != nil {
+			return "", fmt.Errorf("hash image %s: %w", entry, err)
+		}
+	}
 	for _, in := range inputs {
 		p := in.path
 		f, err := os.Open(p)

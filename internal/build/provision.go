@@ -55,6 +55,7 @@ func (b *builder) provision(ctx context.Context) (map[string]string, error) {
 		Initrd:  b.initrd,
 		Cmdline: guest.Cmdline(agent.Provision),
 		Drive:   qemu.Drive{Path: raw, Format: "raw", Discard: true, Cache: "unsafe"},
+		Extra:   b.imageDrives(),
 		Serial:  filepath.Join(b.logs, store.SerialLog),
 		Output:  filepath.Join(b.logs, store.QEMULog),
 		QEMU:    b.opts.QEMU,
@@ -84,8 +85,9 @@ func (b *builder) provision(ctx context.Context) (map[string]string, error) {
 			switch e.Kind {
 			case event.Hello:
 				hello.Stop()
-				req := provisionRequest(s)
+				req := provisionRequest(s, b.imageIDs)
 				req.Optimize = b.bins.items
+				req.Images = b.imageRequests()
 				if err := m.Send(req); err != nil {
 					return nil, err
 				}
@@ -147,13 +149,20 @@ func BakeServices(s *spec.Stack) []string {
 	return names
 }
 
-func provisionRequest(s *spec.Stack) event.Request {
-	req := event.Request{Op: event.OpProvision, Slim: s.Slim.Remove, Services: BakeServices(s)}
+// provisionRequest is the bake as the agent runs it; ids are the image IDs
+// of the stack's image references.
+func provisionRequest(s *spec.Stack, ids map[string]string) event.Request {
+	req := event.Request{Op: event.OpProvision, Slim: s.Slim.Remove, Services: BakeServices(s), Prune: s.UsesContainers()}
+	if s.UsesContainers() {
+		req.Slim = append(append([]string(nil), s.Slim.Remove...), spec.EngineSlim...)
+	}
 	for _, st := range s.Bake {
 		req.Steps = append(req.Steps, event.Step{
 			Name: st.Name, Run: st.Run, Env: st.Env, User: st.User, Dir: st.Dir, Timeout: st.Timeout.D(),
 		})
 	}
+	req.Steps = containerSteps(s, ids, req.Steps)
+	req.Volumes = guest.Volumes(s)
 	return req
 }
 

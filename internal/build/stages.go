@@ -41,7 +41,7 @@ func (b *builder) inject(ctx context.Context) (map[string]string, error) {
 	if err := copyFile(b.opts.AgentBinary, filepath.Join(tree, agent.BinaryPath), 0o755); err != nil {
 		return nil, fmt.Errorf("add agent: %w", err)
 	}
-	files, err := guest.Render(b.opts.Stack)
+	files, err := guest.Render(b.opts.Stack, b.imageIDs)
 	if err != nil {
 		return nil, err
 	}

@@ -73,7 +73,7 @@ func buildStack(ctx context.Context, e *env, r buildRequest) (*build.Result, err
 	if mode == progress.JSON {
 		w = e.stdout
 	}
-	view := progress.New(w, mode, progress.WithStages(build.Stages...))
+	view := progress.New(w, mode, progress.WithStages(build.StagesFor(r.stack)...))
 	res, err := build.Build(ctx, build.Options{
 		Stack:         r.stack,
 		Home:          r.home,

@@ -17,6 +17,18 @@ const Podman = agent.PodmanPath
 // env); the runtime's (agent.ContainerEnvFile) is read after it, so it wins.
 const ContainerEnvDir = "/etc/emu/containers"
 
+// EngineConf is emu's drop-in for podman's containers.conf.
+const EngineConf = "/etc/containers/containers.conf.d/emu.conf"
+
+// engineConf: the guest has no D-Bus, so podman manages cgroups itself
+// (with systemd's manager, crun fails: "cannot open sd-bus"); its events go
+// to a file in /run, not into the image's journal.
+const engineConf = `# Written by emu. The guest has no D-Bus: podman manages cgroups itself.
+[engine]
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+`
+
 // ContainerName is the engine's name for service name's container.
 func ContainerName(name string) string { return "emu-" + name }
 

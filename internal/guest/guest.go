@@ -70,6 +70,9 @@ func Render(s *spec.Stack, images map[string]string) ([]File, error) {
 		{Path: "/etc/hostname", Mode: 0o644, Data: []byte(s.Name + "\n")},
 		{Path: "/etc/hosts", Mode: 0o644, Data: []byte("127.0.0.1 localhost\n127.0.1.1 " + s.Name + "\n::1 localhost ip6-localhost ip6-loopback\n")},
 	}
+	if s.UsesContainers() {
+		files = append(files, File{Path: EngineConf, Mode: 0o644, Data: []byte(engineConf)})
+	}
 	for _, u := range masked {
 		files = append(files, File{Path: "/etc/systemd/system/" + u, Link: "/dev/null"})
 	}

@@ -32,6 +32,9 @@ type Config struct {
 	Initrd  string
 	Cmdline string
 	Drive   qemu.Drive
+	// Extra disks follow the root disk (the build's read-only image
+	// sources).
+	Extra []qemu.Drive
 	// Serial is the console log file; Output receives QEMU's own messages.
 	Serial string
 	Output string
@@ -104,7 +107,7 @@ func Start(ctx context.Context, cfg Config) (*VM, error) {
 	argv, err := qemu.Args(qemu.Config{
 		Arch: cfg.Arch, Accel: cfg.Accel.Accel, CPUs: cpus, Memory: mem,
 		Kernel: cfg.Kernel, Initrd: cfg.Initrd, Append: cfg.Cmdline,
-		Drives:    []qemu.Drive{cfg.Drive},
+		Drives:    append([]qemu.Drive{cfg.Drive}, cfg.Extra...),
 		SerialLog: cfg.Serial,
 		Agent:     qemu.Socket{FD: 3},
 		QMP:       qmpSock,

@@ -133,6 +133,9 @@ func write(o options) (err error) {
 		return err
 	}
 
+	if err := os.MkdirAll(filepath.Dir(o.out), 0o755); err != nil {
+		return err
+	}
 	f, err := os.CreateTemp(filepath.Dir(o.out), "."+filepath.Base(o.out)+".tmp*")
 	if err != nil {
 		return err

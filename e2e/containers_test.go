@@ -1,0 +1,189 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/emu-dev/emu/internal/bundle"
+	"github.com/emu-dev/emu/internal/disk"
+	"github.com/emu-dev/emu/internal/event"
+	"github.com/emu-dev/emu/internal/store"
+)
+
+// TestContainersBuildAndRun builds examples/containers (the demo API as a
+// container image, migrated and seeded from that image at build time,
+// PostgreSQL and Valkey beside it) and runs it: up, healthy, an item
+// written survives down and up, and the API's output is in `emu logs`.
+func TestContainersBuildAndRun(t *testing.T) {
+	root := needDebian(t)
+	ex := t.TempDir()
+	b, err := os.ReadFile(filepath.Join(root, "examples/containers/emu.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A secret for the container step: it must be nowhere in the image.
+	const secret = "ctr-s3cret-0b5e27d1-never-in-the-image"
+	yaml := strings.Replace(string(b), `env: {DATABASE_URL: "postgres://demo:demo@127.0.0.1:5432/demo?sslmode=disable"}
+    timeout: 5m
+  - name: seed`, `env: {DATABASE_URL: "postgres://demo:demo@127.0.0.1:5432/demo?sslmode=disable", BAKE_TOKEN: "`+secret+`"}
+    timeout: 5m
+  - name: seed`, 1)
+	if !strings.Contains(yaml, secret) {
+		t.Fatal("could not add the secret to the example's migrate step")
+	}
+	stack := filepath.Join(ex, "emu.yaml")
+	if err := os.WriteFile(stack, []byte(yaml), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(t.TempDir(), "demo-api")
+	gobuild(t, root, bin, "./examples/demo/cmd/demo-api")
+	mk := exec.Command("go", "run", "./examples/containers/mkimage", "-bin", bin, "-tag", "demo-api:latest",
+		"-o", filepath.Join(ex, "images/demo-api.tar"))
+	mk.Dir = root
+	if err := os.MkdirAll(filepath.Join(ex, "images"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := mk.CombinedOutput(); err != nil {
+		t.Fatalf("mkimage: %v: %s", err, out)
+	}
+
+	home := newHome(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute)
+	defer cancel()
+	out := t.TempDir()
+	stdout, stderr, code := run(ctx, "build", "-f", stack, "--out", out, "--json")
+	if code != 0 {
+		t.Fatalf("emu build exited %d:\n%s", code, stderr)
+	}
+	st := event.FoldAll(decode(t, stdout))
+	if !st.Done || st.Failed {
+		t.Fatalf("build stream: done=%v failed=%v err=%s", st.Done, st.Failed, st.Err)
+	}
+	stages := map[string]event.State{}
+	for _, it := range st.Stages {
+		stages[it.Name] = it.State
+	}
+	for _, name := range []string{"images", "provision", "verify"} {
+		if stages[name] != event.Succeeded {
+			t.Errorf("stage %s: %s", name, stages[name])
+		}
+	}
+	for _, step := range []string{"create-db", "migrate", "seed"} {
+		ok := false
+		for _, it := range st.Steps {
+			ok = ok || it.Name == step && it.State == event.Succeeded
+		}
+		if !ok {
+			t.Errorf("bake step %s did not succeed", step)
+		}
+	}
+	dir := filepath.Join(out, "containers")
+	man, err := bundle.Read(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("bundle: disk %d bytes; stages %+v", man.Files[store.BundleDisk].Size, man.Stages)
+	// The container step's secret is in no file of the image: not in the
+	// engine's database, not in the container's config (both gone, their
+	// blocks trimmed). The local build left the raw disk in the disk cache.
+	raw := filepath.Join(store.At(home).DiskCache(), man.Files[store.BundleDisk].SHA256, disk.PackedName)
+	if hasBytes(t, raw, secret) {
+		t.Errorf("the container step's secret is in the image's disk")
+	}
+
+	inst := store.At(home).Instance("containers")
+	mark := inst.Dir
+	t.Cleanup(func() {
+		run(context.Background(), "down", dir)
+		for _, pid := range qemuPids(mark) {
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+	})
+	port := freePort(t)
+	portFlag := "--port=api.http=" + strconv.Itoa(port)
+	base := "http://127.0.0.1:" + strconv.Itoa(port)
+	up := func() {
+		t.Helper()
+		if _, stderr, code := run(ctx, "up", dir, portFlag); code != 0 {
+			t.Fatalf("emu up exited %d:\n%s", code, stderr)
+		}
+	}
+	down := func() {
+		t.Helper()
+		if _, stderr, code := run(ctx, "down", dir); code != 0 {
+			t.Fatalf("emu down exited %d:\n%s", code, stderr)
+		}
+		if pids := qemuPids(mark); len(pids) > 0 {
+			t.Fatalf("qemu still running after down: %v", pids)
+		}
+	}
+
+	up()
+	if code := httpStatus(t, "GET", base+"/health", ""); code != 200 {
+		t.Fatalf("GET /health = %d after up", code)
+	}
+	if body := httpBody(t, base+"/items"); !strings.Contains(body, "apple") {
+		t.Errorf("the seed rows (from the container step) are missing: %s", body)
+	}
+	if code := httpStatus(t, "POST", base+"/items", `{"name":"kept-in-the-overlay"}`); code != 201 {
+		t.Fatalf("POST /items = %d", code)
+	}
+	// The container's output is the unit's journal.
+	if logs, stderr, code := run(ctx, "logs", "--file", stack, "api"); code != 0 || !strings.Contains(logs, "listening") {
+		t.Errorf("emu logs api: exit %d: %s%s", code, logs, stderr)
+	}
+	down()
+	up()
+	if body := httpBody(t, base+"/items"); !strings.Contains(body, "kept-in-the-overlay") {
+		t.Errorf("item lost across down/up: %s", body)
+	}
+	down()
+}
+
+// hasBytes reports whether the file holds s, reading only its data (a
+// sparse disk's holes are skipped).
+func hasBytes(t *testing.T, path, s string) bool {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 8<<20)
+	var off int64
+	for off < fi.Size() {
+		data, err := f.Seek(off, 3) // SEEK_DATA
+		if err != nil {
+			return false // no data after off
+		}
+		hole, err := f.Seek(data, 4) // SEEK_HOLE
+		if err != nil {
+			t.Fatal(err)
+		}
+		for p := data; p < hole; {
+			n, err := f.ReadAt(buf[:min(int64(len(buf)), hole-p)], p)
+			if bytes.Contains(buf[:n], []byte(s)) {
+				return true
+			}
+			if err != nil || p+int64(n) >= hole {
+				break
+			}
+			// Overlap chunks so a match across a boundary is found.
+			p += int64(n - len(s) + 1)
+		}
+		off = hole
+	}
+	return false
+}

@@ -1,0 +1,159 @@
+package build
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strconv"
+
+	"github.com/emu-dev/emu/internal/event"
+	"github.com/emu-dev/emu/internal/guest"
+	"github.com/emu-dev/emu/internal/image"
+	"github.com/emu-dev/emu/internal/qemu"
+	"github.com/emu-dev/emu/internal/spec"
+)
+
+// imageSource is one images entry as the guest gets it: a docker-archive
+// attached read-only while provisioning, never copied into the tree.
+type imageSource struct {
+	entry  string // as written in the stack file
+	path   string // the tarball to attach: the source, or one written from an OCI layout
+	serial string
+	ids    []string
+}
+
+// imageSerial names the disk of images entry i (virtio-blk serials hold 20
+// bytes).
+func imageSerial(i int) string { return "emu-img-" + strconv.Itoa(i) }
+
+// images reads and verifies every image source on the host, before
+// anything boots, and resolves each image the stack names to its ID.
+func (b *builder) images(ctx context.Context) (map[string]string, error) {
+	s := b.opts.Stack
+	var all []image.Image
+	var size int64
+	for i, entry := range s.Images {
+		imgs, err := image.Open(ctx, s.ImagePath(entry), s.Base.Arch)
+		if err != nil {
+			be := &Error{Stage: "images", Err: fmt.Errorf("images[%d]: %w", i, err)}
+			if errors.Is(err, image.ErrInvalid) {
+				be.Hint = "images takes tarballs as `docker save` writes them, and OCI layout directories; re-save or rebuild the image"
+			}
+			return nil, be
+		}
+		src := imageSource{entry: entry, path: s.ImagePath(entry), serial: imageSerial(i)}
+		for _, img := range imgs {
+			src.ids = append(src.ids, img.ID)
+			size += img.Size
+		}
+		if imgs[0].Format == image.OCILayout {
+			// The engine loads docker-archives from a disk; a layout is a
+			// directory, so it is written as one (same configs, same IDs).
+			src.path = filepath.Join(b.work, "image-"+strconv.Itoa(i)+".tar")
+			if err := image.WriteDockerArchive(ctx, src.path, imgs); err != nil {
+				return nil, fmt.Errorf("images[%d]: %w", i, err)
+			}
+		}
+		b.imageSources = append(b.imageSources, src)
+		all = append(all, imgs...)
+		for _, img := range imgs {
+			b.emit(event.New(event.Log, "images", fmt.Sprintf("%s: %s %v (%s, %d layers)", entry, shortHex(img.ID), img.Refs, img.Format, img.Layers)))
+		}
+	}
+	ids, err := resolveImages(s, all)
+	if err != nil {
+		return nil, err
+	}
+	b.imageIDs = ids
+	return map[string]string{"images": strconv.Itoa(len(all)), "size": strconv.FormatInt(size, 10)}, nil
+}
+
+// resolveImages maps every image reference of the stack to an image ID; a
+// reference no image holds is an error at the field that names it.
+func resolveImages(s *spec.Stack, all []image.Image) (map[string]string, error) {
+	ids := map[string]string{}
+	var errs []error
+	for _, r := range s.ImageRefs() {
+		img, err := image.Find(all, r.Ref)
+		if err != nil {
+			errs = append(errs, s.Errorf(r.Field, "%v", err))
+			continue
+		}
+		ids[r.Ref] = img.ID
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	return ids, nil
+}
+
+func shortHex(id string) string {
+	if len(id) > 19 {
+		return id[7:19]
+	}
+	return id
+}
+
+// imageDrives are the read-only disks of the image sources.
+func (b *builder) imageDrives() []qemu.Drive {
+	var ds []qemu.Drive
+	for _, src := range b.imageSources {
+		ds = append(ds, qemu.Drive{Path: src.path, Format: "raw", ReadOnly: true, Serial: src.serial})
+	}
+	return ds
+}
+
+// imageRequests tell the agent which disk holds which images.
+func (b *builder) imageRequests() []event.Image {
+	var reqs []event.Image
+	for _, src := range b.imageSources {
+		reqs = append(reqs, event.Image{Serial: src.serial, Source: src.entry, IDs: src.ids})
+	}
+	return reqs
+}
+
+// containerSteps rewrites container bake steps as the podman command that
+// runs them; their env reaches the container through podman's environment.
+func containerSteps(s *spec.Stack, ids map[string]string, steps []event.Step) []event.Step {
+	for i, st := range s.Bake {
+		if st.Container == "" {
+			continue
+		}
+		steps[i].Run = guest.ContainerStep(st, ids[st.Container])
+		steps[i].User, steps[i].Dir = "", ""
+	}
+	return steps
+}
+
+// hashTree writes a file's contents, or a directory's files with their
+// relative paths, in a fixed order, to h.
+func hashTree(h io.Writer, root string) error {
+	return filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if !d.Type().IsRegular() {
+			return nil
+		}
+		rel, err := filepath.Rel(root, p)
+		if err != nil {
+			return err
+		}
+		f, err := os.Open(p)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		fh := sha256.New()
+		if _, err := io.Copy(fh, f); err != nil {
+			return err
+		}
+		fmt.Fprintf(h, "%s %x\n", filepath.ToSlash(rel), fh.Sum(nil))
+		return nil
+	})
+}
