@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -136,6 +137,7 @@ func TestContainersBuildAndRun(t *testing.T) {
 	if code := httpStatus(t, "POST", base+"/items", `{"name":"kept-in-the-overlay"}`); code != 201 {
 		t.Fatalf("POST /items = %d", code)
 	}
+	starts := startCount(t, base)
 	// The container's output is the unit's journal.
 	if logs, stderr, code := run(ctx, "logs", "--file", stack, "api"); code != 0 || !strings.Contains(logs, "listening") {
 		t.Errorf("emu logs api: exit %d: %s%s", code, logs, stderr)
@@ -145,7 +147,21 @@ func TestContainersBuildAndRun(t *testing.T) {
 	if body := httpBody(t, base+"/items"); !strings.Contains(body, "kept-in-the-overlay") {
 		t.Errorf("item lost across down/up: %s", body)
 	}
+	// The API counts its starts in a file on a named volume: kept too.
+	if n := startCount(t, base); n <= starts {
+		t.Errorf("starts = %d after down and up, was %d: the volume's file was lost", n, starts)
+	}
 	down()
+}
+
+// startCount reads the API's start counter (a file on its volume).
+func startCount(t *testing.T, base string) int {
+	t.Helper()
+	var v struct{ Starts int }
+	if err := json.Unmarshal([]byte(httpBody(t, base+"/starts")), &v); err != nil || v.Starts < 1 {
+		t.Fatalf("GET /starts: %v (starts %d)", err, v.Starts)
+	}
+	return v.Starts
 }
 
 // hasBytes reports whether the file holds s, reading only its data (a

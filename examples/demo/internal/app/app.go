@@ -7,11 +7,15 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"runtime"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/emu-dev/emu/examples/demo/internal/api"
@@ -29,7 +33,8 @@ const (
 const usage = `usage: demo-api <command> [flags]
 
 commands:
-  serve [--addr ADDR]   serve the HTTP API (GET /health, GET /items, POST /items)
+  serve [--addr ADDR]   serve the HTTP API (GET /health, GET /items, POST /items;
+                        GET /starts with DATA_DIR)
   migrate [--wait D]    apply the embedded SQL migrations not yet applied
   seed [--wait D]       insert the seed items that are not yet present
   version               print the version (also: --version)
@@ -38,6 +43,7 @@ environment:
   DATABASE_URL   PostgreSQL URL (default ` + DefaultDatabaseURL + `)
   VALKEY_ADDR    Valkey host:port (default ` + DefaultValkeyAddr + `)
   ADDR           listen address for serve (default ` + DefaultAddr + `)
+  DATA_DIR       optional: serve counts its starts in DATA_DIR/starts (GET /starts)
 `
 
 // Exit codes.
@@ -55,6 +61,7 @@ type Config struct {
 	DatabaseURL string
 	ValkeyAddr  string
 	Addr        string
+	DataDir     string
 }
 
 // ConfigFromEnv reads the configuration through getenv, applying defaults.
@@ -69,6 +76,7 @@ func ConfigFromEnv(getenv func(string) string) Config {
 		DatabaseURL: or("DATABASE_URL", DefaultDatabaseURL),
 		ValkeyAddr:  or("VALKEY_ADDR", DefaultValkeyAddr),
 		Addr:        or("ADDR", DefaultAddr),
+		DataDir:     getenv("DATA_DIR"),
 	}
 }
 
@@ -150,8 +158,23 @@ func serve(ctx context.Context, cfg Config, stderr io.Writer) error {
 	}
 	defer st.Close()
 
+	mux := http.NewServeMux()
+	mux.Handle("/", api.New(st, valkey.Pinger{Addr: cfg.ValkeyAddr}, log))
+	if cfg.DataDir != "" {
+		// A file on disk, to show where data lives: in a container, a named
+		// volume keeps it across restarts.
+		n, err := countStart(cfg.DataDir)
+		if err != nil {
+			return err
+		}
+		log.Info("start counted", "starts", n, "dir", cfg.DataDir)
+		mux.HandleFunc("GET /starts", func(w http.ResponseWriter, _ *http.Request) {
+			w.Header().Set("Content-Type", "application/json")
+			fmt.Fprintf(w, "{\"starts\":%d}\n", n)
+		})
+	}
 	srv := &http.Server{
-		Handler:           api.New(st, valkey.Pinger{Addr: cfg.ValkeyAddr}, log),
+		Handler:           mux,
 		ReadHeaderTimeout: 10 * time.Second,
 	}
 	ln, err := net.Listen("tcp", cfg.Addr)
@@ -174,6 +197,31 @@ func serve(ctx context.Context, cfg Config, stderr io.Writer) error {
 		return fmt.Errorf("shutting down: %w", err)
 	}
 	return nil
+}
+
+// countStart adds one to the number in dir/starts, written to a temporary
+// name and renamed, and returns it.
+func countStart(dir string) (int, error) {
+	path := filepath.Join(dir, "starts")
+	n := 0
+	b, err := os.ReadFile(path)
+	switch {
+	case err == nil:
+		if n, err = strconv.Atoi(strings.TrimSpace(string(b))); err != nil {
+			return 0, fmt.Errorf("read %s: %w", path, err)
+		}
+	case !errors.Is(err, fs.ErrNotExist):
+		return 0, fmt.Errorf("read %s: %w", path, err)
+	}
+	n++
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(strconv.Itoa(n)+"\n"), 0o644); err != nil {
+		return 0, fmt.Errorf("count start: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return 0, fmt.Errorf("count start: %w", err)
+	}
+	return n, nil
 }
 
 func openReady(ctx context.Context, cfg Config, wait time.Duration) (*store.Store, error) {

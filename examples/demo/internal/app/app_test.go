@@ -3,6 +3,7 @@ package app
 import (
 	"bytes"
 	"context"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -26,6 +27,19 @@ func TestConfigFromEnv(t *testing.T) {
 				t.Errorf("got %+v, want %+v", got, tt.want)
 			}
 		})
+	}
+}
+
+func TestCountStart(t *testing.T) {
+	dir := t.TempDir()
+	for want := 1; want <= 3; want++ {
+		n, err := countStart(dir)
+		if err != nil || n != want {
+			t.Fatalf("countStart = %d, %v; want %d", n, err, want)
+		}
+	}
+	if _, err := countStart(filepath.Join(dir, "missing")); err == nil {
+		t.Error("countStart in a missing directory succeeded")
 	}
 }
 
