@@ -9,8 +9,10 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 
+	"github.com/emu-dev/emu/internal/bundle"
 	"github.com/emu-dev/emu/internal/event"
 	"github.com/emu-dev/emu/internal/guest"
 	"github.com/emu-dev/emu/internal/image"
@@ -31,12 +33,18 @@ type imageSource struct {
 // bytes).
 func imageSerial(i int) string { return "emu-img-" + strconv.Itoa(i) }
 
+// flattenMin is the shadowed size from which an image is flattened. Below
+// it the bundle does not change measurably (bench/flatten: a one-layer image
+// flattened came out the same; 22.6 MB shadowed cost 4.7 MB in the bundle).
+const flattenMin = 1 << 20
+
 // images reads and verifies every image source on the host, before
-// anything boots, and resolves each image the stack names to its ID.
+// anything boots, flattens the images that carry replaced or deleted files,
+// and resolves each image the stack names to its ID.
 func (b *builder) images(ctx context.Context) (map[string]string, error) {
 	s := b.opts.Stack
 	var all []image.Image
-	var size int64
+	perSource := make([][]image.Image, len(s.Images))
 	for i, entry := range s.Images {
 		imgs, err := image.Open(ctx, s.ImagePath(entry), s.Base.Arch)
 		if err != nil {
@@ -46,12 +54,41 @@ func (b *builder) images(ctx context.Context) (map[string]string, error) {
 			}
 			return nil, be
 		}
+		perSource[i] = imgs
+		all = append(all, imgs...)
+	}
+	ids, err := resolveImages(s, all)
+	if err != nil {
+		return nil, err
+	}
+	var size int64
+	for i, entry := range s.Images {
 		src := imageSource{entry: entry, path: s.ImagePath(entry), serial: imageSerial(i)}
-		for _, img := range imgs {
-			src.ids = append(src.ids, img.ID)
-			size += img.Size
+		imgs, changed := perSource[i], perSource[i][0].Format == image.OCILayout
+		for j, img := range imgs {
+			rec := bundle.ImageRecord{Source: entry, ID: img.ID, Refs: img.Refs, Layers: img.Layers}
+			flat, shadowed, err := b.maybeFlatten(ctx, i, j, img, all)
+			if err != nil {
+				return nil, err
+			}
+			rec.Shadowed = shadowed
+			if flat.ID != img.ID {
+				rec.ID, rec.Layers, rec.FlattenedFrom = flat.ID, flat.Layers, img.ID
+				for ref, id := range ids {
+					if id == img.ID {
+						ids[ref] = flat.ID
+					}
+				}
+				imgs[j], changed = flat, true
+			}
+			b.man.Images = append(b.man.Images, rec)
+			src.ids = append(src.ids, imgs[j].ID)
+			size += imgs[j].Size
 		}
-		if imgs[0].Format == image.OCILayout {
+		switch {
+		case len(imgs) == 1 && imgs[0].Source != src.path:
+			src.path = imgs[0].Source // flattened: its own docker-archive
+		case changed:
 			// The engine loads docker-archives from a disk; a layout is a
 			// directory, so it is written as one (same configs, same IDs).
 			src.path = filepath.Join(b.work, "image-"+strconv.Itoa(i)+".tar")
@@ -60,18 +97,65 @@ func (b *builder) images(ctx context.Context) (map[string]string, error) {
 			}
 		}
 		b.imageSources = append(b.imageSources, src)
-		all = append(all, imgs...)
-		for _, img := range imgs {
-			b.emit(event.New(event.Log, "images", fmt.Sprintf("%s: %s %v (%s, %d layers)", entry, shortHex(img.ID), img.Refs, img.Format, img.Layers)))
-		}
-	}
-	ids, err := resolveImages(s, all)
-	if err != nil {
-		return nil, err
 	}
 	b.imageIDs = ids
 	return map[string]string{"images": strconv.Itoa(len(all)), "size": strconv.FormatInt(size, 10)}, nil
 }
+
+// maybeFlatten flattens img to one layer when its layers replace or delete
+// at least flattenMin bytes of files and it shares no layer with another
+// image (flattening would then store that layer twice). It returns img
+// itself otherwise, and the shadowed bytes either way. A failure to flatten
+// keeps the image as it is: the flattened copy is a new file in the work
+// directory; the source and the engine are never changed in place.
+func (b *builder) maybeFlatten(ctx context.Context, i, j int, img image.Image, all []image.Image) (image.Image, int64, error) {
+	entry := b.opts.Stack.Images[i]
+	say := func(format string, args ...any) {
+		b.emit(event.New(event.Log, "images", entry+": "+fmt.Sprintf(format, args...)))
+	}
+	say("%s %v (%s, %d layers)", shortHex(img.ID), img.Refs, img.Format, img.Layers)
+	if img.Layers < 2 {
+		return img, 0, nil
+	}
+	shadowed, err := image.Shadowed(ctx, img)
+	switch {
+	case ctx.Err() != nil:
+		return img, 0, ctx.Err()
+	case err != nil:
+		say("not flattened: %v", err)
+		return img, 0, nil
+	case shadowed < flattenMin:
+		return img, shadowed, nil
+	}
+	for _, other := range all {
+		if other.ID != img.ID && sharesLayer(img, other) {
+			say("%s of files replaced or deleted by later layers; not flattened: it shares layers with %s", mb(shadowed), shortHex(other.ID))
+			return img, shadowed, nil
+		}
+	}
+	dst := filepath.Join(b.work, fmt.Sprintf("image-%d-%d-flat.tar", i, j))
+	flat, err := image.Flatten(ctx, img, dst)
+	if err != nil {
+		if ctx.Err() != nil {
+			return img, 0, ctx.Err()
+		}
+		say("not flattened: %v", err)
+		return img, shadowed, nil
+	}
+	say("%s of files replaced or deleted by later layers: flattened %d layers into one, %s", mb(shadowed), img.Layers, shortHex(flat.ID))
+	return flat, shadowed, nil
+}
+
+func sharesLayer(a, b image.Image) bool {
+	for _, d := range a.DiffIDs {
+		if slices.Contains(b.DiffIDs, d) {
+			return true
+		}
+	}
+	return false
+}
+
+func mb(n int64) string { return fmt.Sprintf("%.1f MB", float64(n)/1e6) }
 
 // resolveImages maps every image reference of the stack to an image ID; a
 // reference no image holds is an error at the field that names it.

@@ -1,8 +1,12 @@
 package build
 
 import (
+	"archive/tar"
+	"bytes"
 	"context"
 	"errors"
+	"io"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -10,6 +14,10 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
 
 	"github.com/emu-dev/emu/internal/event"
 	"github.com/emu-dev/emu/internal/image"
@@ -129,5 +137,114 @@ func TestStagesFor(t *testing.T) {
 	}
 	if got := GuestBase(parseStack(t, containerStack, "images/api.tar")); !slices.Contains(got.Packages, "podman") {
 		t.Errorf("GuestBase packages = %v, want the engine", got.Packages)
+	}
+}
+
+// writeImage writes a docker-archive at path of an image named ref whose
+// layers are the given files (path -> size), each layer's files replacing
+// the previous ones.
+func writeImage(t *testing.T, path, ref string, layers ...map[string]int) {
+	t.Helper()
+	img := empty.Image
+	for _, files := range layers {
+		var buf bytes.Buffer
+		tw := tar.NewWriter(&buf)
+		for _, name := range slices.Sorted(maps.Keys(files)) {
+			tw.WriteHeader(&tar.Header{Name: name, Mode: 0o755, Size: int64(files[name]), Typeflag: tar.TypeReg})
+			tw.Write(bytes.Repeat([]byte{byte(len(name))}, files[name]))
+		}
+		tw.Close()
+		b := buf.Bytes()
+		l, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b)), nil })
+		if err != nil {
+			t.Fatal(err)
+		}
+		if img, err = mutate.AppendLayers(img, l); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cfg, _ := img.ConfigFile()
+	cfg = cfg.DeepCopy()
+	cfg.OS, cfg.Architecture = "linux", "amd64"
+	cfg.Config.Entrypoint = []string{"/app"}
+	img, err := mutate.ConfigFile(img, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tag, err := name.NewTag(ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tarball.WriteToFile(path, tag, img); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestImagesStageFlattensOnlyWhatShadows(t *testing.T) {
+	const yaml = `name: shop
+images: [images/lean.tar, images/fat.tar]
+services:
+  lean: {image: "lean:1", health: {tcp: 1}}
+  fat: {image: "fat:1", health: {tcp: 2}}
+`
+	s := parseStack(t, yaml, "images/lean.tar", "images/fat.tar")
+	// lean: one layer, nothing to gain. fat: its second layer replaces a
+	// 2 MB file of the first.
+	writeImage(t, s.ImagePath("images/lean.tar"), "lean:1", map[string]int{"lean-app": 4096})
+	writeImage(t, s.ImagePath("images/fat.tar"), "fat:1", map[string]int{"app": 2 << 20, "etc-file": 10}, map[string]int{"app": 4096})
+	rec := &event.Recorder{}
+	b := &builder{opts: Options{Stack: s, Home: store.At(t.TempDir()), Sink: rec}, work: t.TempDir()}
+	if _, err := b.images(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	lean, fat := b.man.Images[0], b.man.Images[1]
+	if lean.FlattenedFrom != "" || lean.Shadowed != 0 || b.imageSources[0].path != s.ImagePath("images/lean.tar") {
+		t.Errorf("lean image changed: %+v, attached %s", lean, b.imageSources[0].path)
+	}
+	if fat.FlattenedFrom == "" || fat.Layers != 1 || fat.Shadowed != 2<<20 {
+		t.Errorf("fat image: %+v, want flattened to one layer, 2 MiB shadowed", fat)
+	}
+	// The guest gets the flattened copy, and the service its new ID.
+	if got := b.imageSources[1].path; !strings.HasPrefix(got, b.work) {
+		t.Errorf("fat image attached from %s, want the flattened copy in the work directory", got)
+	}
+	if b.imageIDs["fat:1"] != fat.ID || !slices.Equal(b.imageSources[1].ids, []string{fat.ID}) {
+		t.Errorf("fat:1 resolves to %s, the disk holds %v; want %s", b.imageIDs["fat:1"], b.imageSources[1].ids, fat.ID)
+	}
+	imgs, err := image.Open(context.Background(), b.imageSources[1].path, "amd64")
+	if err != nil || imgs[0].ID != fat.ID || !slices.Equal(imgs[0].Refs, []string{"fat:1"}) {
+		t.Errorf("the flattened archive: %+v, %v", imgs, err)
+	}
+}
+
+func TestImagesStageKeepsSharedLayers(t *testing.T) {
+	const yaml = `name: shop
+images: [images/a.tar, images/b.tar]
+services:
+  a: {image: "a:1", health: {tcp: 1}}
+  b: {image: "b:1", health: {tcp: 2}}
+`
+	s := parseStack(t, yaml, "images/a.tar", "images/b.tar")
+	// Both replace a 2 MB file of the same base layer: flattening either
+	// would store that base twice.
+	base := map[string]int{"app": 2 << 20}
+	writeImage(t, s.ImagePath("images/a.tar"), "a:1", base, map[string]int{"app": 10})
+	writeImage(t, s.ImagePath("images/b.tar"), "b:1", base, map[string]int{"app": 20})
+	rec := &event.Recorder{}
+	b := &builder{opts: Options{Stack: s, Home: store.At(t.TempDir()), Sink: rec}, work: t.TempDir()}
+	if _, err := b.images(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	for i, r := range b.man.Images {
+		if r.FlattenedFrom != "" || r.Shadowed != 2<<20 {
+			t.Errorf("image %d: %+v, want kept as is, 2 MiB shadowed", i, r)
+		}
+	}
+	var logs []string
+	for _, e := range rec.Events() {
+		logs = append(logs, e.Msg)
+	}
+	if !strings.Contains(strings.Join(logs, "\n"), "not flattened: it shares layers with") {
+		t.Errorf("no word of why the images were kept:\n%s", strings.Join(logs, "\n"))
 	}
 }

@@ -31,6 +31,20 @@ type Manifest struct {
 	// Binaries reports files[].optimize, one per file, in files[] order:
 	// sizes, the file chosen and how it passed its verify in the guest.
 	Binaries []binopt.Report `json:"binaries,omitempty"`
+	// Images are the container images baked in, as the engine holds them.
+	Images []ImageRecord `json:"images,omitempty"`
+}
+
+// ImageRecord is one container image in the bundle.
+type ImageRecord struct {
+	Source string   `json:"source"` // the stack file's images entry
+	ID     string   `json:"id"`
+	Refs   []string `json:"refs,omitempty"`
+	Layers int      `json:"layers"`
+	// Shadowed is the bytes of files a later layer replaced or deleted;
+	// FlattenedFrom the image's ID before it was flattened to one layer.
+	Shadowed      int64  `json:"shadowed,omitempty"`
+	FlattenedFrom string `json:"flattened_from,omitempty"`
 }
 
 // FileRecord is one bundle file.

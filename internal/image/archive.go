@@ -207,10 +207,46 @@ func archiveImage(ix *tarIndex, path, arch string, d descriptor) (*found, error)
 // copied. The tar is the same for the same images. It is written under a
 // temporary name beside dst and renamed into place: on error, dst is left
 // as it was.
-func WriteDockerArchive(ctx context.Context, dst string, imgs []Image) (err error) {
+func WriteDockerArchive(ctx context.Context, dst string, imgs []Image) error {
 	if len(imgs) == 0 {
 		return fmt.Errorf("write %s: no images", dst)
 	}
+	srcs := map[[2]string]*source{}
+	defer func() {
+		for _, s := range srcs {
+			s.close()
+		}
+	}()
+	var founds []*found
+	for _, want := range imgs {
+		key := [2]string{want.Source, want.Arch}
+		src, ok := srcs[key]
+		if !ok {
+			var err error
+			if src, err = load(ctx, want.Source, want.Arch); err != nil {
+				return fmt.Errorf("write %s: %w", dst, err)
+			}
+			srcs[key] = src
+		}
+		var img *found
+		for _, i := range src.imgs {
+			if i.ID == want.ID {
+				img = i
+			}
+		}
+		if img == nil {
+			return fmt.Errorf("write %s: image %s: no image %s (changed since it was opened?): %w", dst, want.Source, want.ID, ErrInvalid)
+		}
+		cp := *img
+		cp.Refs = want.Refs
+		founds = append(founds, &cp)
+	}
+	return writeAtomic(dst, func(w io.Writer) error { return writeFound(ctx, w, founds) })
+}
+
+// writeAtomic writes dst through write, under a temporary name beside it,
+// synced and renamed into place: on error, dst is left as it was.
+func writeAtomic(dst string, write func(io.Writer) error) (err error) {
 	f, err := os.CreateTemp(filepath.Dir(dst), "."+filepath.Base(dst)+".tmp*")
 	if err != nil {
 		return fmt.Errorf("write %s: %w", dst, err)
@@ -221,7 +257,7 @@ func WriteDockerArchive(ctx context.Context, dst string, imgs []Image) (err erro
 			os.Remove(f.Name())
 		}
 	}()
-	if err := writeArchive(ctx, f, imgs); err != nil {
+	if err := write(f); err != nil {
 		return fmt.Errorf("write %s: %w", dst, err)
 	}
 	if err := f.Chmod(0o644); err != nil {
@@ -239,36 +275,13 @@ func WriteDockerArchive(ctx context.Context, dst string, imgs []Image) (err erro
 	return nil
 }
 
-func writeArchive(ctx context.Context, w io.Writer, imgs []Image) error {
-	srcs := map[[2]string]*source{}
-	defer func() {
-		for _, s := range srcs {
-			s.close()
-		}
-	}()
+// writeFound writes imgs as one docker-archive, named by their Refs.
+func writeFound(ctx context.Context, w io.Writer, imgs []*found) error {
 	tw := tar.NewWriter(w)
 	written := map[string]bool{}
 	var m manifest
-	for _, want := range imgs {
-		key := [2]string{want.Source, want.Arch}
-		src, ok := srcs[key]
-		if !ok {
-			var err error
-			if src, err = load(ctx, want.Source, want.Arch); err != nil {
-				return err
-			}
-			srcs[key] = src
-		}
-		var img *found
-		for _, i := range src.imgs {
-			if i.ID == want.ID {
-				img = i
-			}
-		}
-		if img == nil {
-			return fmt.Errorf("image %s: no image %s (changed since it was opened?): %w", want.Source, want.ID, ErrInvalid)
-		}
-		d := descriptor{Config: blobName(img.ID), RepoTags: tags(want.Refs)}
+	for _, img := range imgs {
+		d := descriptor{Config: blobName(img.ID), RepoTags: tags(img.Refs)}
 		if err := writeFile(tw, written, d.Config, int64(len(img.config)), func(w io.Writer) error {
 			_, err := w.Write(img.config)
 			return err

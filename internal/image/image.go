@@ -51,6 +51,9 @@ type Image struct {
 
 	OS, Arch string
 	Layers   int
+	// DiffIDs are the layers' content digests, from the config: two images
+	// that share a layer share its diff ID.
+	DiffIDs []string
 	// Size is the sum of the layer blobs' sizes as stored in the source:
 	// compressed in an OCI layout, usually uncompressed in a docker-archive.
 	Size int64
@@ -184,6 +187,7 @@ func (img *found) addLayer(cfg v1.ConfigFile, l layer) error {
 	}
 	l.diffID = cfg.RootFS.DiffIDs[i]
 	img.layers = append(img.layers, l)
+	img.DiffIDs = append(img.DiffIDs, l.diffID.String())
 	img.Layers++
 	img.Size += l.size
 	return nil

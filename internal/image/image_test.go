@@ -296,12 +296,19 @@ func TestOpen(t *testing.T) {
 				if img.Size <= 0 {
 					t.Errorf("%s: Size = %d", img.ID, img.Size)
 				}
+				if len(img.DiffIDs) != img.Layers {
+					t.Errorf("%s: %d diff IDs for %d layers", img.ID, len(img.DiffIDs), img.Layers)
+				}
 			}
 		})
 	}
 }
 
-var cmpIgnoreSize = cmp.FilterPath(func(p cmp.Path) bool { return p.Last().String() == ".Size" }, cmp.Ignore())
+// cmpIgnoreSize ignores the fields a test cannot know in advance: sizes and
+// diff IDs (checked on their own).
+var cmpIgnoreSize = cmp.FilterPath(func(p cmp.Path) bool {
+	return p.Last().String() == ".Size" || p.Last().String() == ".DiffIDs"
+}, cmp.Ignore())
 
 func TestOpenSizeOCI(t *testing.T) {
 	img := newImage(t, "amd64", 4)
