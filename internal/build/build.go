@@ -55,6 +55,9 @@ type Options struct {
 	Version string
 	// SkipVerify skips the boot check of the new bundle before it is placed.
 	SkipVerify bool
+	// NoFlatten keeps every image's layers as they are (EMU_FLATTEN=0;
+	// bench/flatten measures with it).
+	NoFlatten bool
 	// BaseTarball, when set, is the base tree instead of one made by
 	// mmdebstrap (a tree made elsewhere; the VM tests' tiny guest).
 	BaseTarball string

@@ -114,7 +114,7 @@ func (b *builder) maybeFlatten(ctx context.Context, i, j int, img image.Image, a
 		b.emit(event.New(event.Log, "images", entry+": "+fmt.Sprintf(format, args...)))
 	}
 	say("%s %v (%s, %d layers)", shortHex(img.ID), img.Refs, img.Format, img.Layers)
-	if img.Layers < 2 {
+	if img.Layers < 2 || b.opts.NoFlatten {
 		return img, 0, nil
 	}
 	shadowed, err := image.Shadowed(ctx, img)

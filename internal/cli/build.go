@@ -82,6 +82,7 @@ func buildStack(ctx context.Context, e *env, r buildRequest) (*build.Result, err
 		Accel:         choice,
 		KeepOnFailure: r.keep,
 		SkipVerify:    r.skipVerify,
+		NoFlatten:     os.Getenv("EMU_FLATTEN") == "0",
 		Sink:          view,
 		Log:           e.log,
 		Version:       Version,
