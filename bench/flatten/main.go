@@ -29,6 +29,7 @@ package main
 import (
 	"archive/tar"
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -43,6 +44,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/emu-dev/emu/internal/image"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
@@ -121,8 +123,31 @@ func load(p string) (v1.Image, []string, error) {
 }
 
 // save writes img as a docker-archive named tags, to a temporary file renamed
-// to p once complete.
+// to p once complete. go-containerregistry writes the tags of one image in
+// map order, so an image with several is written with its first tag, then
+// rewritten by internal/image with all of them, in order: the same input
+// gives the same bytes.
 func save(p string, img v1.Image, tags []string) (err error) {
+	if len(tags) == 0 {
+		return errors.New("the image has no RepoTags")
+	}
+	if len(tags) > 1 {
+		tmp := p + ".one-tag"
+		defer os.Remove(tmp)
+		if err := save(tmp, img, tags[:1]); err != nil {
+			return err
+		}
+		cf, err := img.ConfigFile()
+		if err != nil {
+			return err
+		}
+		imgs, err := image.Open(context.Background(), tmp, cf.Architecture)
+		if err != nil {
+			return err
+		}
+		imgs[0].Refs = tags
+		return image.WriteDockerArchive(context.Background(), p, imgs)
+	}
 	refs := map[name.Reference]v1.Image{}
 	for _, t := range tags {
 		tag, err := name.NewTag(t)
@@ -130,9 +155,6 @@ func save(p string, img v1.Image, tags []string) (err error) {
 			return fmt.Errorf("tag %q: %w", t, err)
 		}
 		refs[tag] = img
-	}
-	if len(refs) == 0 {
-		return errors.New("the image has no RepoTags")
 	}
 	f, err := os.CreateTemp(filepath.Dir(p), "."+filepath.Base(p)+".tmp*")
 	if err != nil {

@@ -50,8 +50,11 @@ func TestReproducible(t *testing.T) {
 	}
 	want := image.Image{
 		Source: out, Format: image.DockerArchive, ID: imgs[0].ID,
-		Refs: []string{"demo-api:latest"}, OS: "linux", Arch: "amd64", Layers: 1, Size: imgs[0].Size,
+		Refs: []string{"demo-api:latest"}, OS: "linux", Arch: "amd64", Layers: 1, Size: imgs[0].Size, DiffIDs: imgs[0].DiffIDs,
 		Entrypoint: []string{"/usr/local/bin/app"}, Cmd: []string{"serve", "--port", "8080"},
+	}
+	if len(imgs[0].DiffIDs) != 1 {
+		t.Errorf("DiffIDs = %v, want one", imgs[0].DiffIDs)
 	}
 	if diff := cmp.Diff([]image.Image{want}, imgs); diff != "" {
 		t.Errorf("image (-want +got):\n%s", diff)
