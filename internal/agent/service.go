@@ -180,7 +180,7 @@ func (a *Agent) watch(ctx context.Context) {
 		case <-tick.C:
 		}
 		for _, s := range a.opts.Config.Services {
-			pctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+			pctx, cancel := context.WithTimeout(ctx, probeTimeout(s.Health)+time.Second)
 			err := probe(pctx, s.Health)
 			cancel()
 			if ctx.Err() != nil {
@@ -213,9 +213,22 @@ func (a *Agent) stopServices(ctx context.Context) {
 	}
 }
 
+// probeTimeout bounds one probe: a connection or a request 2 s; a command
+// 10 s, since a command may start a runtime (`podman exec` takes seconds
+// under TCG).
+func probeTimeout(h Health) time.Duration {
+	if len(h.Exec) > 0 {
+		return execProbeTimeout
+	}
+	return 2 * time.Second
+}
+
+// execProbeTimeout is a variable for the tests.
+var execProbeTimeout = 10 * time.Second
+
 // probe runs one health check once.
 func probe(ctx context.Context, h Health) error {
-	pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	pctx, cancel := context.WithTimeout(ctx, probeTimeout(h))
 	defer cancel()
 	switch {
 	case h.TCP > 0:

@@ -119,13 +119,18 @@ func TestProbeExecOutputTrimmed(t *testing.T) {
 }
 
 func TestProbeBoundedByItsOwnTimeout(t *testing.T) {
+	defer func(d time.Duration) { execProbeTimeout = d }(execProbeTimeout)
+	execProbeTimeout = 500 * time.Millisecond
 	begin := time.Now()
 	err := probe(context.Background(), Health{Exec: []string{"sleep", "30"}})
 	if err == nil {
 		t.Fatal("probe of sleep 30 succeeded")
 	}
 	if took := time.Since(begin); took > wait {
-		t.Errorf("one probe took %s; it should give up after about 2s", took)
+		t.Errorf("one probe took %s; it should give up after about 0.5s", took)
+	}
+	if got := probeTimeout(Health{TCP: 80}); got != 2*time.Second {
+		t.Errorf("a TCP probe's bound = %s, want 2s", got)
 	}
 }
 
