@@ -24,7 +24,7 @@ import (
 // attached read-only while provisioning, never copied into the tree.
 type imageSource struct {
 	entry  string // as written in the stack file
-	path   string // the tarball to attach: the source, or one written from an OCI layout
+	path   string // the tarball to attach: the source, or one written in the work directory (an OCI layout, a flattened image)
 	serial string
 	ids    []string
 }
