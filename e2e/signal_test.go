@@ -68,19 +68,34 @@ func TestSIGINTDuringUp(t *testing.T) {
 			syscall.Kill(pid, syscall.SIGKILL)
 		}
 	})
-	// Interrupt as soon as the guest's agent says hello.
-	sc := bufio.NewScanner(stdout)
-	for sc.Scan() {
-		var e event.Event
-		if json.Unmarshal(sc.Bytes(), &e) == nil && e.Kind == event.Hello {
-			cmd.Process.Signal(syscall.SIGINT)
-			break
-		}
-	}
+	// Interrupt as soon as QEMU runs (its pid file is written), while the
+	// guest boots: this guest has no services, so its agent's hello is
+	// followed at once by ready, and a signal sent on hello could come
+	// after up has already succeeded.
+	events := make(chan event.Event, 64)
 	go func() {
+		sc := bufio.NewScanner(stdout)
 		for sc.Scan() {
+			var e event.Event
+			if json.Unmarshal(sc.Bytes(), &e) == nil {
+				select {
+				case events <- e:
+				default:
+				}
+			}
 		}
 	}()
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		if _, err := os.Stat(inst.PID()); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no QEMU pid file within 2 minutes:\n%s", stderr.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	cmd.Process.Signal(syscall.SIGINT)
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
 	select {

@@ -121,13 +121,18 @@ func (a *Agent) startOne(ctx context.Context, s Service) error {
 	pctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	backoff := 50 * time.Millisecond
+	var last string
 	for {
 		err := probe(pctx, s.Health)
 		if err == nil {
 			a.emit(healthEvent(event.ServiceHealthy, s, "ok"))
 			return nil
 		}
-		last := err.Error()
+		// A probe cut short by the overall timeout says only that; the
+		// one before it says why the service is not healthy.
+		if pctx.Err() == nil || last == "" {
+			last = err.Error()
+		}
 		if a.opts.System.Failed(pctx, s.Unit) {
 			return a.unhealthy(ctx, s, "unit "+s.Unit+" failed; last probe: "+last)
 		}

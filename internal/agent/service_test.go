@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -333,4 +334,32 @@ func TestRunModeCanceled(t *testing.T) {
 	if n := h.power.n.Load(); n != 0 {
 		t.Errorf("powered off %d times after the context ended, want 0", n)
 	}
+}
+
+// The overall health timeout can cut a probe short; the message still
+// names what the probes before it found.
+func TestServiceNeverHealthyKeepsTheLastAnswer(t *testing.T) {
+	var n atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if n.Add(1) > 1 {
+			select { // later probes hang until the deadline cuts them
+			case <-r.Context().Done():
+			case <-time.After(5 * time.Second):
+			}
+		}
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}))
+	defer srv.Close()
+	u, _ := url.Parse(srv.URL)
+	port, _ := strconv.Atoi(u.Port())
+	cfg := Config{Stack: "demo", Services: []Service{
+		{Name: "api", Unit: "api.service", Health: Health{HTTPPort: port, HTTPPath: "/health", Timeout: 700 * time.Millisecond}},
+	}}
+	h := startAgent(t, Options{Config: cfg, Mode: Run, System: &fakeSystem{}})
+	un := h.next(event.ServiceUnhealthy, "api")
+	if !strings.Contains(un.Msg, "status 503") {
+		t.Errorf("service.unhealthy msg = %q, want the 503 of the probe before the cut", un.Msg)
+	}
+	h.send(event.Request{Op: event.OpShutdown})
+	h.next(event.Done, "")
 }

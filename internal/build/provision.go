@@ -98,6 +98,15 @@ func (b *builder) provision(ctx context.Context) (map[string]string, error) {
 				return b.awaitPowerOff(ctx, m, raw)
 			}
 		case <-m.Proc.Done():
+			// The agent's verdict may still be in the channel: it flushes
+			// its events, then powers off, and select picks at random
+			// among what is ready.
+			switch e, ok := b.drain(m); {
+			case ok && e.Kind == event.Failed:
+				return nil, b.stepFailure(e)
+			case ok && e.Kind == event.Done:
+				return b.awaitPowerOff(ctx, m, raw)
+			}
 			return nil, b.guestGone(m, "qemu exited before provisioning finished")
 		case <-hello.C:
 			return nil, b.consoleFailure(m, fmt.Errorf("the guest agent did not report within %s of boot", scaled(helloTimeout, scale)))
@@ -217,23 +226,26 @@ func (b *builder) guestGone(m *machine.VM, why string) *Error {
 }
 
 // drain takes the events still in flight when QEMU ended, so the failure
-// names the step that was really running.
-func (b *builder) drain(m *machine.VM) {
+// names the step that was really running. It returns the agent's verdict
+// (done or failed) when one was among them.
+func (b *builder) drain(m *machine.VM) (verdict event.Event, ok bool) {
 	t := time.NewTimer(2 * time.Second)
 	defer t.Stop()
 	for {
 		select {
-		case e, ok := <-m.Events:
-			if !ok {
-				return
+		case e, open := <-m.Events:
+			if !open {
+				return verdict, ok
 			}
 			if e.Kind.Terminal() {
 				b.record(e)
+				verdict, ok = e, true
 			} else {
 				b.emit(e)
+				b.observe(e)
 			}
 		case <-t.C:
-			return
+			return verdict, ok
 		}
 	}
 }
