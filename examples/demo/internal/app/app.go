@@ -3,6 +3,7 @@ package app
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -43,7 +44,8 @@ environment:
   DATABASE_URL   PostgreSQL URL (default ` + DefaultDatabaseURL + `)
   VALKEY_ADDR    Valkey host:port (default ` + DefaultValkeyAddr + `)
   ADDR           listen address for serve (default ` + DefaultAddr + `)
-  DATA_DIR       optional: serve counts its starts in DATA_DIR/starts (GET /starts)
+  DATA_DIR       optional: serve counts its starts in DATA_DIR/starts (GET /starts);
+                 seed leaves a note there (DATA_DIR/seeded), which GET /starts shows
 `
 
 // Exit codes.
@@ -167,10 +169,10 @@ func serve(ctx context.Context, cfg Config, stderr io.Writer) error {
 		if err != nil {
 			return err
 		}
+		seeded, _ := os.ReadFile(filepath.Join(cfg.DataDir, "seeded"))
 		log.Info("start counted", "starts", n, "dir", cfg.DataDir)
 		mux.HandleFunc("GET /starts", func(w http.ResponseWriter, _ *http.Request) {
-			w.Header().Set("Content-Type", "application/json")
-			fmt.Fprintf(w, "{\"starts\":%d}\n", n)
+			writeJSONBody(w, map[string]any{"starts": n, "seeded": strings.TrimSpace(string(seeded))})
 		})
 	}
 	srv := &http.Server{
@@ -197,6 +199,11 @@ func serve(ctx context.Context, cfg Config, stderr io.Writer) error {
 		return fmt.Errorf("shutting down: %w", err)
 	}
 	return nil
+}
+
+func writeJSONBody(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(w).Encode(v)
 }
 
 // countStart adds one to the number in dir/starts, written to a temporary
@@ -275,5 +282,12 @@ func seed(ctx context.Context, cfg Config, wait time.Duration, stdout io.Writer)
 		return fmt.Errorf("%w (has migrate run?)", err)
 	}
 	fmt.Fprintf(stdout, "seeded %d new item(s); %d already present\n", n, len(store.SeedNames)-n)
+	if cfg.DataDir != "" {
+		// A note for serve to show (GET /starts): data a build step left.
+		note := fmt.Sprintf("seeded %d item(s)\n", len(store.SeedNames))
+		if err := os.WriteFile(filepath.Join(cfg.DataDir, "seeded"), []byte(note), 0o644); err != nil {
+			return fmt.Errorf("seed: %w", err)
+		}
+	}
 	return nil
 }
