@@ -144,9 +144,11 @@ func survivors(ctx context.Context, img *found) (*merged, error) {
 			case strings.HasPrefix(base, whiteoutPrefix):
 				m.remove(path.Join(dir, base[len(whiteoutPrefix):]), i, true)
 			default:
-				if old, ok := m.top[name]; ok && old.layer < i && hdr.Typeflag != tar.TypeDir {
-					m.shadowed += old.size
-					m.remove(name, i, false) // a directory replaced by a file
+				if old, ok := m.top[name]; ok && old.layer < i {
+					m.shadowed += old.size // 0 for a directory
+					if hdr.Typeflag != tar.TypeDir {
+						m.remove(name, i, false) // a directory replaced by a file
+					}
 				}
 				e := mergedEntry{layer: i}
 				if hdr.Typeflag == tar.TypeReg {
