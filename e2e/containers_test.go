@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -107,9 +108,9 @@ func TestContainersBuildAndRun(t *testing.T) {
 	port := freePort(t)
 	portFlag := "--port=api.http=" + strconv.Itoa(port)
 	base := "http://127.0.0.1:" + strconv.Itoa(port)
-	up := func() {
+	up := func(extra ...string) {
 		t.Helper()
-		if _, stderr, code := run(ctx, "up", dir, portFlag); code != 0 {
+		if _, stderr, code := run(ctx, append([]string{"up", dir, portFlag}, extra...)...); code != 0 {
 			t.Fatalf("emu up exited %d:\n%s", code, stderr)
 		}
 	}
@@ -139,15 +140,43 @@ func TestContainersBuildAndRun(t *testing.T) {
 		t.Errorf("emu logs api: exit %d: %s%s", code, logs, stderr)
 	}
 	down()
-	up()
+	// -e reaches the container (through the runtime env file): it turns
+	// on the API's POST /exit.
+	up("-e", "ALLOW_EXIT=1")
 	if body := httpBody(t, base+"/items"); !strings.Contains(body, "kept-in-the-overlay") {
 		t.Errorf("item lost across down/up: %s", body)
 	}
 	// The API counts its starts in a file on a named volume: kept too.
-	if n := startCount(t, base); n <= starts {
+	n := startCount(t, base)
+	if n <= starts {
 		t.Errorf("starts = %d after down and up, was %d: the volume's file was lost", n, starts)
 	}
+	// The API fails on request; restart: always starts it again.
+	if code := httpStatus(t, "POST", base+"/exit", ""); code != 202 {
+		t.Fatalf("POST /exit = %d, want 202 (ALLOW_EXIT from up -e)", code)
+	}
+	if !restarted(base, n, 2*time.Minute) {
+		t.Errorf("the API did not come back after it exited (restart: always)")
+	}
 	down()
+}
+
+// restarted waits until the API answers again with a start count above n.
+func restarted(base string, n int, within time.Duration) bool {
+	c := http.Client{Timeout: 5 * time.Second}
+	deadline := time.Now().Add(within)
+	for time.Now().Before(deadline) {
+		if resp, err := c.Get(base + "/starts"); err == nil {
+			var v struct{ Starts int }
+			err = json.NewDecoder(resp.Body).Decode(&v)
+			resp.Body.Close()
+			if err == nil && v.Starts > n {
+				return true
+			}
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	return false
 }
 
 // startCount reads the API's start counter (a file on its volume).

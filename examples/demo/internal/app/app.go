@@ -46,6 +46,7 @@ environment:
   ADDR           listen address for serve (default ` + DefaultAddr + `)
   DATA_DIR       optional: serve counts its starts in DATA_DIR/starts (GET /starts);
                  seed leaves a note there (DATA_DIR/seeded), which GET /starts shows
+  ALLOW_EXIT     1 enables POST /exit: serve then exits with an error (for restart policies)
 `
 
 // Exit codes.
@@ -64,6 +65,9 @@ type Config struct {
 	ValkeyAddr  string
 	Addr        string
 	DataDir     string
+	// AllowExit enables POST /exit, which makes serve fail: to see a
+	// restart policy at work.
+	AllowExit bool
 }
 
 // ConfigFromEnv reads the configuration through getenv, applying defaults.
@@ -79,6 +83,7 @@ func ConfigFromEnv(getenv func(string) string) Config {
 		ValkeyAddr:  or("VALKEY_ADDR", DefaultValkeyAddr),
 		Addr:        or("ADDR", DefaultAddr),
 		DataDir:     getenv("DATA_DIR"),
+		AllowExit:   getenv("ALLOW_EXIT") == "1",
 	}
 }
 
@@ -175,6 +180,16 @@ func serve(ctx context.Context, cfg Config, stderr io.Writer) error {
 			writeJSONBody(w, map[string]any{"starts": n, "seeded": strings.TrimSpace(string(seeded))})
 		})
 	}
+	exit := make(chan struct{}, 1)
+	if cfg.AllowExit {
+		mux.HandleFunc("POST /exit", func(w http.ResponseWriter, _ *http.Request) {
+			w.WriteHeader(http.StatusAccepted)
+			select {
+			case exit <- struct{}{}:
+			default:
+			}
+		})
+	}
 	srv := &http.Server{
 		Handler:           mux,
 		ReadHeaderTimeout: 10 * time.Second,
@@ -190,6 +205,10 @@ func serve(ctx context.Context, cfg Config, stderr io.Writer) error {
 	select {
 	case err := <-errc:
 		return fmt.Errorf("serving: %w", err)
+	case <-exit:
+		log.Warn("exiting on request (POST /exit)")
+		time.Sleep(100 * time.Millisecond) // the 202 goes out first
+		return errors.New("exit requested (POST /exit)")
 	case <-ctx.Done():
 	}
 	log.Info("shutting down")
