@@ -117,12 +117,10 @@ func (b *builder) maybeFlatten(ctx context.Context, i, j int, img image.Image, a
 	if img.Layers < 2 || b.opts.NoFlatten {
 		return img, 0, nil
 	}
-	shadowed, err := image.Shadowed(ctx, img)
+	shadowed := img.Shadowed
 	switch {
-	case ctx.Err() != nil:
-		return img, 0, ctx.Err()
-	case err != nil:
-		say("not flattened: %v", err)
+	case shadowed < 0:
+		say("not flattened: its layers' contents could not be listed (zstd)")
 		return img, 0, nil
 	case shadowed < flattenMin:
 		return img, shadowed, nil

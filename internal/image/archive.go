@@ -298,7 +298,8 @@ func writeFound(ctx context.Context, w io.Writer, imgs []*found) error {
 			name := blobName(id.String())
 			d.Layers = append(d.Layers, name)
 			if err := writeFile(tw, written, name, l.size, func(w io.Writer) error {
-				return l.verify(ctx, w)
+				_, err := l.verify(ctx, w)
+				return err
 			}); err != nil {
 				return fmt.Errorf("image %s: %w", img.Source, err)
 			}

@@ -29,22 +29,6 @@ const (
 // as one layer (a zstd layer, a hard link to a file a later layer removed).
 var ErrNotFlattenable = errors.New("cannot flatten")
 
-// Shadowed returns how many bytes of img's files a later layer of img
-// replaces or deletes: bytes the engine stores, in lower layers, that no
-// container sees. A one-layer copy of img (Flatten) would not have them.
-func Shadowed(ctx context.Context, img Image) (int64, error) {
-	src, f, err := reopen(ctx, img)
-	if err != nil {
-		return 0, err
-	}
-	defer src.close()
-	m, err := survivors(ctx, f)
-	if err != nil {
-		return 0, err
-	}
-	return m.shadowed, nil
-}
-
 // Flatten writes img as a docker-archive at dst holding one image: img's
 // filesystem as one layer (whiteouts applied, replaced and deleted files
 // dropped), and its config with that one layer, so a new ID; the same refs.
@@ -93,7 +77,7 @@ func Flatten(ctx context.Context, img Image, dst string) (Image, error) {
 		open: func() (io.ReadCloser, error) { return os.Open(layerTmp.Name()) },
 	}}}
 	out.ID, out.Source, out.Format = id.String(), dst, DockerArchive
-	out.Layers, out.Size, out.DiffIDs = 1, size, []string{diffID}
+	out.Layers, out.Size, out.DiffIDs, out.Shadowed = 1, size, []string{diffID}, 0
 	if out.layers[0].diffID, err = v1.NewHash(diffID); err != nil {
 		return Image{}, err
 	}
@@ -130,13 +114,39 @@ type mergedEntry struct {
 	size  int64 // of a regular file
 }
 
-// survivors walks img's layers in order and applies each one.
+// layerEntry is what merging layers needs of one tar entry.
+type layerEntry struct {
+	name string // cleanName'd
+	typ  byte
+	size int64
+}
+
+func entryOf(hdr *tar.Header) layerEntry {
+	return layerEntry{name: cleanName(hdr.Name), typ: hdr.Typeflag, size: hdr.Size}
+}
+
+// survivors reads img's layers' entries and stacks them.
 func survivors(ctx context.Context, img *found) (*merged, error) {
-	m := &merged{top: map[string]mergedEntry{}}
+	lists := make([][]layerEntry, len(img.layers))
 	for i, l := range img.layers {
-		err := eachEntry(ctx, l, func(hdr *tar.Header, _ io.Reader) error {
-			name := cleanName(hdr.Name)
-			dir, base := path.Split(name)
+		lists[i] = []layerEntry{}
+		if err := eachEntry(ctx, l, func(hdr *tar.Header, _ io.Reader) error {
+			lists[i] = append(lists[i], entryOf(hdr))
+			return nil
+		}); err != nil {
+			return nil, err
+		}
+	}
+	return stack(lists), nil
+}
+
+// stack applies the layers' entries in order: whiteouts and opaque
+// directories delete what lies below, a path seen again hides the lower one.
+func stack(layers [][]layerEntry) *merged {
+	m := &merged{top: map[string]mergedEntry{}}
+	for i, entries := range layers {
+		for _, e := range entries {
+			dir, base := path.Split(e.name)
 			dir = strings.TrimSuffix(dir, "/")
 			switch {
 			case base == whiteoutOpaque:
@@ -144,25 +154,67 @@ func survivors(ctx context.Context, img *found) (*merged, error) {
 			case strings.HasPrefix(base, whiteoutPrefix):
 				m.remove(path.Join(dir, base[len(whiteoutPrefix):]), i, true)
 			default:
-				if old, ok := m.top[name]; ok && old.layer < i {
+				if old, ok := m.top[e.name]; ok && old.layer < i {
 					m.shadowed += old.size // 0 for a directory
-					if hdr.Typeflag != tar.TypeDir {
-						m.remove(name, i, false) // a directory replaced by a file
+					if e.typ != tar.TypeDir {
+						m.remove(e.name, i, false) // a directory replaced by a file
 					}
 				}
-				e := mergedEntry{layer: i}
-				if hdr.Typeflag == tar.TypeReg {
-					e.size = hdr.Size
+				me := mergedEntry{layer: i}
+				if e.typ == tar.TypeReg {
+					me.size = e.size
 				}
-				m.top[name] = e
+				m.top[e.name] = me
 			}
-			return nil
-		})
-		if err != nil {
-			return nil, err
 		}
 	}
-	return m, nil
+	return m
+}
+
+// tarScan lists the entries of a tar written to it, in a goroutine, as it
+// streams past. finish returns them; nil when the stream was not a tar.
+type tarScan struct {
+	pw      *io.PipeWriter
+	done    chan struct{}
+	entries []layerEntry
+	err     error
+}
+
+func newTarScan() *tarScan {
+	pr, pw := io.Pipe()
+	s := &tarScan{pw: pw, done: make(chan struct{}), entries: []layerEntry{}}
+	go func() {
+		defer close(s.done)
+		tr := tar.NewReader(pr)
+		for {
+			hdr, err := tr.Next()
+			if err != nil {
+				if !errors.Is(err, io.EOF) {
+					s.err = err
+				}
+				break
+			}
+			s.entries = append(s.entries, entryOf(hdr))
+		}
+		io.Copy(io.Discard, pr) // the writer must never block
+	}()
+	return s
+}
+
+// Write passes p to the scanner; it never fails, so the layer's own read
+// goes on whatever the scanner finds.
+func (s *tarScan) Write(p []byte) (int, error) {
+	s.pw.Write(p)
+	return len(p), nil
+}
+
+func (s *tarScan) finish() []layerEntry {
+	s.pw.Close()
+	<-s.done
+	if s.err != nil {
+		return nil
+	}
+	return s.entries
 }
 
 // remove drops what layers below layer hold at p, or only under p.

@@ -59,6 +59,12 @@ type Image struct {
 	Size int64
 
 	Entrypoint, Cmd []string
+
+	// Shadowed is the bytes of files that a later layer replaces or
+	// deletes: what the engine stores, in lower layers, that no container
+	// sees, and what a one-layer copy (Flatten) would not have. -1 when a
+	// layer's content could not be listed (zstd).
+	Shadowed int64
 }
 
 // Open reads every image in the source at path, a docker-archive tar or an
@@ -72,11 +78,25 @@ func Open(ctx context.Context, path, arch string) ([]Image, error) {
 	}
 	defer src.close()
 	imgs := make([]Image, 0, len(src.imgs))
+	listed := map[string][]layerEntry{} // by layer: one read for images sharing it
 	for _, img := range src.imgs {
-		for _, l := range img.layers {
-			if err := l.verify(ctx, io.Discard); err != nil {
-				return nil, fmt.Errorf("image %s: %w", path, err)
+		lists := make([][]layerEntry, len(img.layers))
+		img.Shadowed = 0
+		for i, l := range img.layers {
+			es, ok := listed[l.name]
+			if !ok {
+				if es, err = l.verify(ctx, io.Discard); err != nil {
+					return nil, fmt.Errorf("image %s: %w", path, err)
+				}
+				listed[l.name] = es
 			}
+			if es == nil {
+				img.Shadowed = -1
+			}
+			lists[i] = es
+		}
+		if img.Shadowed == 0 {
+			img.Shadowed = stack(lists).shadowed
 		}
 		imgs = append(imgs, img.Image)
 	}
@@ -212,51 +232,58 @@ var (
 
 // verify reads the layer in full, copying it to w, and checks its size and
 // digest and the diff ID of its content (uncompressed or gzip'd; a zstd
-// layer's content is left to the guest).
-func (l layer) verify(ctx context.Context, w io.Writer) error {
+// layer's content is left to the guest). In the same read it lists the
+// layer's entries; nil when its content could not be listed.
+func (l layer) verify(ctx context.Context, w io.Writer) ([]layerEntry, error) {
 	rc, err := l.open()
 	if err != nil {
-		return fmt.Errorf("layer %s: %w", l.name, err)
+		return nil, fmt.Errorf("layer %s: %w", l.name, err)
 	}
 	defer rc.Close()
 
 	raw := sha256.New()
 	var n countWriter
-	br := bufio.NewReaderSize(io.TeeReader(ctxReader{ctx, rc}, io.MultiWriter(raw, &n, w)), 1<<16)
+	br := bufio.NewReaderSize(ctxReader{ctx, rc}, 1<<16)
 	magic, _ := br.Peek(4)
+	var r io.Reader = io.TeeReader(br, io.MultiWriter(raw, &n, w))
+	scan := newTarScan()
+	defer scan.finish()
 	content := raw
 	var bad error // in the content: reported after a wrong digest, its likely cause
 	switch {
 	case bytes.HasPrefix(magic, gzipMagic):
 		content = sha256.New()
-		bad = gunzip(content, br)
+		bad = gunzip(io.MultiWriter(content, scan), r)
 	case bytes.HasPrefix(magic, zstdMagic):
 		content = nil
+	default:
+		r = io.TeeReader(r, scan)
 	}
-	if _, err := io.Copy(io.Discard, br); err != nil || ctx.Err() != nil {
+	if _, err := io.Copy(io.Discard, r); err != nil || ctx.Err() != nil {
 		if ctx.Err() != nil {
-			return ctx.Err()
+			return nil, ctx.Err()
 		}
-		return fmt.Errorf("layer %s: %w", l.name, err)
+		return nil, fmt.Errorf("layer %s: %w", l.name, err)
 	}
 
 	if l.digest.Hex != "" {
 		if int64(n) != l.size {
-			return invalid("layer %s: size %d, want %d", l.name, n, l.size)
+			return nil, invalid("layer %s: size %d, want %d", l.name, n, l.size)
 		}
 		if got := sum(raw); got != l.digest.String() {
-			return invalid("layer %s: digest mismatch (got %s)", l.name, got)
+			return nil, invalid("layer %s: digest mismatch (got %s)", l.name, got)
 		}
 	}
 	if bad != nil {
-		return invalid("layer %s: %v", l.name, bad)
+		return nil, invalid("layer %s: %v", l.name, bad)
 	}
-	if content != nil {
-		if got := sum(content); got != l.diffID.String() {
-			return invalid("layer %s: content does not match diff_id %s (got %s)", l.name, l.diffID, got)
-		}
+	if content == nil {
+		return nil, nil
 	}
-	return nil
+	if got := sum(content); got != l.diffID.String() {
+		return nil, invalid("layer %s: content does not match diff_id %s (got %s)", l.name, l.diffID, got)
+	}
+	return scan.finish(), nil
 }
 
 func gunzip(w io.Writer, r io.Reader) error {
