@@ -3,6 +3,8 @@ package guest
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
+	"slices"
 	"sort"
 	"strings"
 
@@ -66,14 +68,9 @@ func containerUnit(s *spec.Stack, name string, svc spec.Service, id string) (uni
 // EnvFile renders env as podman reads an --env-file: NAME=value lines, the
 // value taken literally (spec rejects line breaks in it).
 func EnvFile(env map[string]string) string {
-	keys := make([]string, 0, len(env))
-	for k := range env {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
 	var b strings.Builder
 	b.WriteString("# Written by emu. podman --env-file: values are literal.\n")
-	for _, k := range keys {
+	for _, k := range slices.Sorted(maps.Keys(env)) {
 		fmt.Fprintf(&b, "%s=%s\n", k, env[k])
 	}
 	return b.String()
@@ -128,12 +125,7 @@ func volumeArgs(vols []string) []string {
 func ContainerStep(st spec.Step, id string) []string {
 	args := []string{Podman, "--transient-store", "run", "--name=emu-bake-" + strings.ToLower(st.Name), "--replace", "--rm",
 		"--pull=never", "--network=host", "--log-driver=passthrough"}
-	keys := make([]string, 0, len(st.Env))
-	for k := range st.Env {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	for _, k := range keys {
+	for _, k := range slices.Sorted(maps.Keys(st.Env)) {
 		args = append(args, "--env="+k)
 	}
 	args = append(args, volumeArgs(st.Volumes)...)

@@ -6,8 +6,10 @@ package guest
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -177,12 +179,7 @@ func serviceUnit(s *spec.Stack, name string, svc spec.Service) string {
 	var b strings.Builder
 	unitHead(&b, s, name, "service", svc)
 	fmt.Fprintf(&b, "ExecStart=%s\n", execLine(svc.Run))
-	keys := make([]string, 0, len(svc.Env))
-	for k := range svc.Env {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	for _, k := range keys {
+	for _, k := range slices.Sorted(maps.Keys(svc.Env)) {
 		fmt.Fprintf(&b, "Environment=%s\n", quoteEnv(k+"="+svc.Env[k]))
 	}
 	// Runtime settings from `emu up` land here; they override the above.
