@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 
-	"os"
 	"path/filepath"
 	"strconv"
 	"time"
@@ -253,8 +252,8 @@ func (b *builder) drain(m *machine.VM) (verdict event.Event, ok bool) {
 // consoleFailure is a failure explained by the serial console's last lines.
 func (b *builder) consoleFailure(m *machine.VM, err error) *Error {
 	be := &Error{Stage: "provision", Err: err}
-	if out, rerr := os.ReadFile(m.SerialPath); rerr == nil {
-		be.Tail, be.TailFrom = command.LastLines(string(out), consoleTail), "the serial console"
+	if c, rerr := machine.ReadConsole(m.SerialPath, consoleTail); rerr == nil {
+		be.Err, be.Tail, be.TailFrom = c.Explain(err), c.Tail, "the serial console"
 	}
 	return be
 }

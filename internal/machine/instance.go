@@ -350,8 +350,8 @@ func failedService(err error) string {
 
 func consoleError(vm *VM, err error) *BootError {
 	ue := &BootError{Op: "up", Err: err}
-	if out, rerr := os.ReadFile(vm.SerialPath); rerr == nil {
-		ue.Tail, ue.TailFrom = command.LastLines(string(out), 30), "the serial console"
+	if c, rerr := ReadConsole(vm.SerialPath, 30); rerr == nil {
+		ue.Err, ue.Tail, ue.TailFrom = c.Explain(err), c.Tail, "the serial console"
 	}
 	return ue
 }

@@ -175,3 +175,29 @@ func TestVMUpInterrupted(t *testing.T) {
 		t.Errorf("overlay (the data) gone after an interrupted up: %v", err)
 	}
 }
+
+func TestVMUpKernelCrash(t *testing.T) {
+	home := store.At(t.TempDir())
+	dir := tinyBundle(t, home)
+	man, _ := bundle.Read(dir)
+	inst := home.Instance(man.Name)
+	// No init in the initramfs: the kernel falls back to mounting root
+	// itself, has no virtio driver built in, and panics.
+	man.Cmdline += " rdinit=/nonexistent"
+	start := time.Now()
+	_, err := machine.Up(context.Background(), machine.UpOptions{Instance: inst, DiskCache: home.DiskCache(), Bundle: dir, Manifest: man, Accel: tcg})
+	if err == nil {
+		t.Fatal("Up of a guest whose kernel panics succeeded")
+	}
+	t.Logf("error after %s: %v", time.Since(start).Round(time.Millisecond), err)
+	if want := "the guest kernel crashed: Kernel panic - not syncing: VFS: Unable to mount root fs"; !strings.Contains(err.Error(), want) {
+		t.Errorf("Up = %v, want it to say %q", err, want)
+	}
+	var be *machine.BootError
+	if !errors.As(err, &be) || len(be.Tail) == 0 {
+		t.Errorf("Up = %#v, want a BootError with the console's tail", err)
+	}
+	if _, err := machine.RunningPID(inst); !errors.Is(err, machine.ErrNotRunning) {
+		t.Errorf("RunningPID after a crashed up = %v", err)
+	}
+}
