@@ -120,6 +120,31 @@ func Binary(arch string) (string, error) {
 
 const mib = 1 << 20
 
+// tcgTSC is added to an amd64 guest's kernel command line under TCG. With
+// two or more vCPUs, multi-threaded TCG races with the kernel patching its
+// own code (an int3 first, then the new bytes): a vCPU that runs the site
+// mid-patch dies with "Oops: int3". The hottest site is the sched_clock
+// stability key in sched_clock_cpu, flipped about 2 s into boot ("sched_clock:
+// Marking stable"). Marking the TSC unstable from the start means that key is
+// never flipped; the guest keeps time with the HPET instead. bench/tsc
+// measures both the crash rate and the cost.
+const tcgTSC = "tsc=unstable"
+
+// kernelArgs is cfg.Append with what the accelerator needs added; a tsc=
+// the caller chose is kept.
+func kernelArgs(cfg Config) string {
+	a := cfg.Append
+	if cfg.Kernel == "" || cfg.Accel != TCG || cfg.Arch != "amd64" {
+		return a
+	}
+	for _, f := range strings.Fields(a) {
+		if strings.HasPrefix(f, "tsc=") {
+			return a
+		}
+	}
+	return strings.TrimSpace(a + " " + tcgTSC)
+}
+
 // Args validates cfg against host and returns QEMU's argv without the binary.
 // Every problem is reported at once, joined.
 func Args(cfg Config, host Host) ([]string, error) {
@@ -157,8 +182,8 @@ func Args(cfg Config, host Host) ([]string, error) {
 	if cfg.Initrd != "" {
 		b.add("-initrd", cfg.Initrd)
 	}
-	if cfg.Append != "" {
-		b.add("-append", cfg.Append)
+	if a := kernelArgs(cfg); a != "" {
+		b.add("-append", a)
 	}
 
 	for _, d := range cfg.Drives {

@@ -253,3 +253,29 @@ func freePort(t *testing.T) int {
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port
 }
+
+func TestKernelArgsTSC(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		arch   string
+		accel  Accel
+		append string
+		want   string
+	}{
+		{"tcg amd64 gets it", "amd64", TCG, "console=ttyS0 panic=-1", "console=ttyS0 panic=-1 tsc=unstable"},
+		{"empty command line", "amd64", TCG, "", "tsc=unstable"},
+		{"the caller's tsc= wins", "amd64", TCG, "console=ttyS0 tsc=reliable", "console=ttyS0 tsc=reliable"},
+		{"kvm keeps the tsc", "amd64", KVM, "console=ttyS0", "console=ttyS0"},
+		{"arm64 has no tsc", "arm64", TCG, "console=ttyAMA0", "console=ttyAMA0"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := kernelArgs(Config{Arch: tc.arch, Accel: tc.accel, Kernel: "/k", Append: tc.append})
+			if got != tc.want {
+				t.Errorf("kernelArgs = %q, want %q", got, tc.want)
+			}
+		})
+	}
+	if got := kernelArgs(Config{Arch: "amd64", Accel: TCG}); got != "" {
+		t.Errorf("no kernel: kernelArgs = %q, want none (firmware boots)", got)
+	}
+}
