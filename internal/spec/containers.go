@@ -123,7 +123,16 @@ var (
 	imageRefRe      = regexp.MustCompile(`^[a-z0-9][a-z0-9._/:@-]*$`)
 )
 
+// MaxImageSources bounds images: each source is one virtio disk on the
+// guest's PCI bus while provisioning, and the q35 root bus has about 25
+// slots left after emu's own devices.
+const MaxImageSources = 20
+
 func (s *Stack) checkImages(c *checker) {
+	if n := len(s.Images); n > MaxImageSources {
+		c.addf("images", "%d image sources, at most %d (each is one disk while provisioning): save several images into one tarball (docker save -o all.tar IMAGE...)", n, MaxImageSources)
+		return
+	}
 	seen := map[string]int{}
 	for i, p := range s.Images {
 		field := fmt.Sprintf("images[%d]", i)
