@@ -3,7 +3,7 @@ GO        ?= go
 VERSION   ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -s -w -X github.com/emu-dev/emu/internal/cli.Version=$(VERSION)
 
-.PHONY: all emu agent demo-api containers-image demo test test-short clean
+.PHONY: all emu agent demo-api containers-image demo test test-short cross clean
 
 all: emu agent
 
@@ -25,11 +25,17 @@ containers-image: demo-api
 demo: all demo-api
 	bin/emu up -f examples/demo/emu.yaml
 
-test:
+test: cross
 	$(GO) test -timeout 40m ./...
 
-test-short:
+test-short: cross
 	$(GO) test -short ./...
+
+# emu itself also builds for macOS (up/down/status of a bundle built on
+# Linux, with HVF or TCG); vet compiles it and its tests for both Macs.
+cross:
+	GOOS=darwin GOARCH=arm64 $(GO) vet ./cmd/emu ./internal/...
+	GOOS=darwin GOARCH=amd64 $(GO) vet ./cmd/emu ./internal/...
 
 clean:
 	rm -rf bin examples/demo/bin examples/containers/images

@@ -8,6 +8,8 @@ import (
 	"os/exec"
 	"syscall"
 	"time"
+
+	"github.com/emu-dev/emu/internal/command"
 )
 
 // FindUPX returns the path of upx, or of upx-ucl (Debian's package name).
@@ -32,7 +34,7 @@ func (HostVerifier) Run(ctx context.Context, path string, args []string, timeout
 	tctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	cmd := exec.CommandContext(tctx, path, args...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	cmd.SysProcAttr = command.SysProcAttr(false, false)
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	cmd.WaitDelay = 2 * time.Second // a child holding the pipe open must not hang us
 	var buf capped

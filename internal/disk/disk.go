@@ -108,13 +108,14 @@ func Allocated(path string) (int64, error) {
 }
 
 // SwapDir puts the directory staged at final in one atomic step. When final
-// exists, the two are exchanged (renameat2 RENAME_EXCHANGE) and the old one,
+// exists, the two are exchanged (renameat2 RENAME_EXCHANGE on Linux,
+// renamex_np RENAME_SWAP on macOS) and the old one,
 // now at staged, is removed: at no moment is there no complete final.
 func SwapDir(staged, final string) error {
 	if err := syncDir(staged); err != nil {
 		return err
 	}
-	err := unix.Renameat2(unix.AT_FDCWD, staged, unix.AT_FDCWD, final, unix.RENAME_EXCHANGE)
+	err := exchange(staged, final)
 	switch {
 	case err == nil:
 		if rerr := os.RemoveAll(staged); rerr != nil {

@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"syscall"
 	"time"
+
+	"github.com/emu-dev/emu/internal/command"
 )
 
 // PackedName is the raw disk's name inside a packed disk.
@@ -87,7 +89,7 @@ func pipe(a, b *exec.Cmd) error {
 	a.Stdout, a.Stderr = w, &aErr
 	b.Stdin, b.Stderr = r, &bErr
 	for _, c := range []*exec.Cmd{a, b} {
-		c.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+		c.SysProcAttr = command.SysProcAttr(false, false)
 		cmd := c
 		cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 		cmd.WaitDelay = 5 * time.Second

@@ -10,6 +10,8 @@ import (
 	"os/exec"
 	"syscall"
 	"time"
+
+	"github.com/emu-dev/emu/internal/command"
 )
 
 // StartOptions describe one QEMU process.
@@ -44,10 +46,7 @@ func Start(opts StartOptions) (*Process, error) {
 	cmd := exec.Command(opts.Binary, opts.Args...)
 	cmd.ExtraFiles = opts.ExtraFiles
 	cmd.Stdout, cmd.Stderr = opts.Output, opts.Output
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if !opts.Detach {
-		cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
-	}
+	cmd.SysProcAttr = command.SysProcAttr(true, opts.Detach)
 	log.Debug("start qemu", "argv", append([]string{opts.Binary}, opts.Args...))
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s: %w", opts.Binary, err)

@@ -1,0 +1,21 @@
+//go:build !linux
+
+package agent
+
+import (
+	"context"
+	"errors"
+)
+
+// The agent runs in a Linux guest. The host tools import this package for
+// its configuration and protocol types, so it builds elsewhere too; these
+// are the parts that only a Linux guest can do.
+var errNotLinux = errors.New("only in a Linux guest")
+
+// ConfigureNetwork needs Linux's interface ioctls.
+func ConfigureNetwork(ctx context.Context, ifname string) error {
+	return errNotLinux
+}
+
+// PowerOff needs Linux's reboot syscall or systemd.
+func PowerOff() error { return errNotLinux }
