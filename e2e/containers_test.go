@@ -10,11 +10,13 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/emu-dev/emu/internal/bundle"
+	"github.com/emu-dev/emu/internal/cli"
 	"github.com/emu-dev/emu/internal/disk"
 	"github.com/emu-dev/emu/internal/event"
 	"github.com/emu-dev/emu/internal/store"
@@ -151,6 +153,10 @@ func TestContainersBuildAndRun(t *testing.T) {
 	if n <= starts {
 		t.Errorf("starts = %d after down and up, was %d: the volume's file was lost", n, starts)
 	}
+	// emu logs -f api follows the container's output: its last lines
+	// first, then what it logs from now on.
+	follow := startFollow(t, "logs", "-f", "--file", stack, "api")
+	follow.waitFor(t, "listening", time.Minute)
 	// The API fails on request; restart: always starts it again.
 	if code := httpStatus(t, "POST", base+"/exit", ""); code != 202 {
 		t.Fatalf("POST /exit = %d, want 202 (ALLOW_EXIT from up -e)", code)
@@ -158,7 +164,81 @@ func TestContainersBuildAndRun(t *testing.T) {
 	if !restarted(base, n, 2*time.Minute) {
 		t.Errorf("the API did not come back after it exited (restart: always)")
 	}
+	follow.waitFor(t, "exiting on request", time.Minute)
+	// Following leaves the agent's channel free between its questions.
+	if out, stderr, code := run(ctx, "status", "-f", stack); code != 0 || !strings.Contains(out, "api") {
+		t.Errorf("emu status while logs -f runs: exit %d: %s%s", code, out, stderr)
+	}
+	if code := follow.stop(t); code != 0 {
+		t.Errorf("emu logs -f api exited %d after Ctrl-C: %s", code, follow.stderr.String())
+	}
 	down()
+}
+
+// following is an emu command running until stop, its output readable as
+// it comes.
+type following struct {
+	cancel         context.CancelFunc
+	stdout, stderr lockedBuffer
+	code           chan int
+}
+
+func startFollow(t *testing.T, args ...string) *following {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	f := &following{cancel: cancel, code: make(chan int, 1)}
+	go func() { f.code <- cli.Main(ctx, args, &f.stdout, &f.stderr) }()
+	t.Cleanup(cancel)
+	return f
+}
+
+// waitFor waits until the output has s, failing the test after within.
+func (f *following) waitFor(t *testing.T, s string, within time.Duration) {
+	t.Helper()
+	deadline := time.NewTimer(within)
+	defer deadline.Stop()
+	tick := time.NewTicker(200 * time.Millisecond)
+	defer tick.Stop()
+	for !strings.Contains(f.stdout.String(), s) {
+		select {
+		case code := <-f.code:
+			t.Fatalf("emu exited %d before printing %q:\n%s%s", code, s, f.stdout.String(), f.stderr.String())
+		case <-deadline.C:
+			t.Fatalf("no %q within %s; output so far:\n%s%s", s, within, f.stdout.String(), f.stderr.String())
+		case <-tick.C:
+		}
+	}
+}
+
+// stop interrupts the command, as Ctrl-C does, and returns its exit code.
+func (f *following) stop(t *testing.T) int {
+	t.Helper()
+	f.cancel()
+	select {
+	case code := <-f.code:
+		return code
+	case <-time.After(30 * time.Second):
+		t.Fatalf("emu did not return within 30 s of Ctrl-C")
+		return -1
+	}
+}
+
+// lockedBuffer is a bytes.Buffer safe to read while a command writes it.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
 
 // restarted waits until the API answers again with a start count above n.

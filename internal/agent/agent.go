@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"strings"
 	"sync"
 	"time"
 
@@ -312,7 +311,7 @@ func (a *Agent) serve(ctx context.Context, reqs <-chan event.Request) error {
 		case event.OpStatus:
 			a.replayStatus()
 		case event.OpLogs:
-			a.sendJournal(ctx, req.Service, req.Lines)
+			a.sendJournal(ctx, req)
 		case event.OpShutdown:
 			cancel()
 			a.stopServices(context.Background())
@@ -379,9 +378,11 @@ func failedName(err error) string {
 }
 
 // sendJournal answers OpLogs with the service's journal, one log event a
-// line, the last marked "end".
-func (a *Agent) sendJournal(ctx context.Context, name string, lines int) {
-	end := event.New(event.Log, name, "").With("end", "true")
+// line, the last marked "end" with the cursor after them. Every event
+// carries the request's ID.
+func (a *Agent) sendJournal(ctx context.Context, req event.Request) {
+	name := req.Service
+	end := event.New(event.Log, name, "").With("end", "true").With("req", req.ID)
 	var unit string
 	for _, s := range a.opts.Config.Services {
 		if s.Name == name {
@@ -396,13 +397,21 @@ func (a *Agent) sendJournal(ctx context.Context, name string, lines int) {
 		a.emit(end.With("error", "no journal in this guest"))
 		return
 	}
-	if lines <= 0 {
+	lines := req.Lines
+	switch {
+	case lines <= 0 && req.Cursor == "":
 		lines = 200
+	case lines <= 0 || lines > event.MaxJournalLines:
+		lines = event.MaxJournalLines
 	}
 	jctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	for _, l := range strings.Split(a.opts.System.Journal(jctx, unit, lines), "\n") {
-		a.emit(event.New(event.Log, name, l))
+	out, cursor, err := a.opts.System.JournalAfter(jctx, unit, req.Cursor, lines)
+	for _, l := range out {
+		a.emit(event.New(event.Log, name, l).With("req", req.ID))
 	}
-	a.emit(end)
+	if err != nil {
+		end = end.With("error", err.Error())
+	}
+	a.emit(end.With("cursor", cursor))
 }

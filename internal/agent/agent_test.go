@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -32,6 +33,9 @@ type fakeSystem struct {
 
 	mu    sync.Mutex
 	calls []string
+	// log is the journal JournalAfter serves; an entry's cursor is "c"
+	// and its index.
+	log []string
 }
 
 func (f *fakeSystem) record(s string) {
@@ -57,6 +61,33 @@ func (f *fakeSystem) Journal(_ context.Context, unit string, lines int) string {
 		return ""
 	}
 	return fmt.Sprintf("%s (%s, %d lines)", f.journal, unit, lines)
+}
+
+func (f *fakeSystem) JournalAfter(_ context.Context, unit, cursor string, lines int) ([]string, string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	from := 0
+	if cursor != "" {
+		i, err := strconv.Atoi(strings.TrimPrefix(cursor, "c"))
+		if err != nil {
+			return nil, cursor, fmt.Errorf("bad cursor %q", cursor)
+		}
+		from = i + 1
+	}
+	out := f.log[from:]
+	if len(out) > lines {
+		out = out[len(out)-lines:]
+	}
+	if len(out) == 0 {
+		return nil, cursor, nil
+	}
+	return append([]string(nil), out...), "c" + strconv.Itoa(len(f.log)-1), nil
+}
+
+func (f *fakeSystem) appendLog(lines ...string) {
+	f.mu.Lock()
+	f.log = append(f.log, lines...)
+	f.mu.Unlock()
 }
 
 func (f *fakeSystem) Calls() []string {

@@ -23,6 +23,10 @@ type System interface {
 	Failed(ctx context.Context, unit string) bool
 	// Journal returns the unit's last lines of log.
 	Journal(ctx context.Context, unit string, lines int) string
+	// JournalAfter returns the unit's log lines after cursor ("": its last
+	// lines), at most lines of them, and the cursor after the last one
+	// (cursor itself when there is none).
+	JournalAfter(ctx context.Context, unit, cursor string, lines int) ([]string, string, error)
 }
 
 // Systemd drives systemd through systemctl and journalctl.
@@ -43,6 +47,38 @@ func (Systemd) Failed(ctx context.Context, unit string) bool {
 func (Systemd) Journal(ctx context.Context, unit string, lines int) string {
 	out, _ := exec.CommandContext(ctx, "journalctl", "-u", unit, "-n", strconv.Itoa(lines), "--no-pager", "-o", "short-monotonic").CombinedOutput()
 	return strings.TrimSpace(string(out))
+}
+
+func (Systemd) JournalAfter(ctx context.Context, unit, cursor string, lines int) ([]string, string, error) {
+	args := []string{"-u", unit, "-n", strconv.Itoa(lines), "--no-pager", "-q", "-o", "short-monotonic", "--show-cursor"}
+	if cursor != "" {
+		args = append(args, "--after-cursor", cursor)
+	}
+	out, err := exec.CommandContext(ctx, "journalctl", args...).Output()
+	if err != nil {
+		var ee *exec.ExitError
+		if errors.As(err, &ee) && len(ee.Stderr) > 0 {
+			err = fmt.Errorf("%w: %s", err, strings.TrimSpace(string(ee.Stderr)))
+		}
+		return nil, cursor, fmt.Errorf("journalctl -u %s: %w", unit, err)
+	}
+	l, next := splitCursor(string(out), cursor)
+	return l, next, nil
+}
+
+// splitCursor splits journalctl --show-cursor output into its log lines and
+// the cursor line that ends it; with no entries there is no cursor line, and
+// the cursor stays prev.
+func splitCursor(out, prev string) ([]string, string) {
+	out = strings.TrimRight(out, "\n")
+	if out == "" {
+		return nil, prev
+	}
+	lines := strings.Split(out, "\n")
+	if c, ok := strings.CutPrefix(lines[len(lines)-1], "-- cursor: "); ok {
+		return lines[:len(lines)-1], c
+	}
+	return lines, prev
 }
 
 func run(ctx context.Context, name string, args ...string) error {

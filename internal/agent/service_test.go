@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
 
 	"github.com/emu-dev/emu/internal/event"
 )
@@ -214,6 +215,71 @@ func TestServiceNeverHealthy(t *testing.T) {
 	for _, e := range h.got {
 		if e.Name == "never" || e.Kind == event.Ready {
 			t.Errorf("unexpected %s after a dependency failed", e)
+		}
+	}
+}
+
+// A journal read through the agent: the last lines first, then what came
+// after the cursor the answer ended with; every event names the request.
+func TestJournalAfterCursor(t *testing.T) {
+	sys := &fakeSystem{log: []string{"one", "two", "three"}}
+	cfg := Config{Stack: "demo", Services: []Service{{Name: "api", Unit: "emu-api.service", Health: Health{Exec: []string{"true"}}}}}
+	h := startAgent(t, Options{Config: cfg, Mode: Run, System: sys})
+	h.next(event.Ready, "")
+	ask := func(req event.Request) (lines []string, end event.Event) {
+		t.Helper()
+		h.send(req)
+		for {
+			e := h.next(event.Log, req.Service)
+			if e.Fields["req"] != req.ID {
+				t.Errorf("event %s has req %q, want %q", e, e.Fields["req"], req.ID)
+			}
+			if e.Fields["end"] == "true" {
+				return lines, e
+			}
+			lines = append(lines, e.Msg)
+		}
+	}
+	lines, end := ask(event.Request{Op: event.OpLogs, Service: "api", Lines: 2, ID: "r1"})
+	if diff := cmp.Diff([]string{"two", "three"}, lines); diff != "" || end.Fields["cursor"] != "c2" {
+		t.Errorf("last 2 lines (-want +got):\n%s; cursor %q, want c2", diff, end.Fields["cursor"])
+	}
+	sys.appendLog("four", "five")
+	lines, end = ask(event.Request{Op: event.OpLogs, Service: "api", Cursor: "c2", ID: "r2"})
+	if diff := cmp.Diff([]string{"four", "five"}, lines); diff != "" || end.Fields["cursor"] != "c4" {
+		t.Errorf("after c2 (-want +got):\n%s; cursor %q, want c4", diff, end.Fields["cursor"])
+	}
+	// Nothing new: no lines, and the cursor stays.
+	lines, end = ask(event.Request{Op: event.OpLogs, Service: "api", Cursor: "c4", ID: "r3"})
+	if len(lines) != 0 || end.Fields["cursor"] != "c4" || end.Fields["error"] != "" {
+		t.Errorf("after c4: lines %q, end %v; want none, cursor c4", lines, end.Fields)
+	}
+	_, end = ask(event.Request{Op: event.OpLogs, Service: "api", Cursor: "bogus", ID: "r4"})
+	if !strings.Contains(end.Fields["error"], "bad cursor") {
+		t.Errorf("bad cursor: end %v, want the journal's error", end.Fields)
+	}
+	_, end = ask(event.Request{Op: event.OpLogs, Service: "nope", ID: "r5"})
+	if end.Fields["error"] != `no service "nope"` {
+		t.Errorf("unknown service: end %v", end.Fields)
+	}
+	h.send(event.Request{Op: event.OpShutdown})
+	h.next(event.Done, "")
+}
+
+func TestSplitCursor(t *testing.T) {
+	for _, tc := range []struct {
+		out, prev string
+		lines     []string
+		next      string
+	}{
+		{"", "c1", nil, "c1"},
+		{"[ 1.0] a\n[ 2.0] b\n-- cursor: s=abc;i=2\n", "", []string{"[ 1.0] a", "[ 2.0] b"}, "s=abc;i=2"},
+		{"-- cursor: s=abc;i=2\n", "s=abc;i=1", []string{}, "s=abc;i=2"},
+		{"[ 1.0] a\n", "c0", []string{"[ 1.0] a"}, "c0"},
+	} {
+		lines, next := splitCursor(tc.out, tc.prev)
+		if diff := cmp.Diff(tc.lines, lines, cmpopts.EquateEmpty()); diff != "" || next != tc.next {
+			t.Errorf("splitCursor(%q, %q) = %q, %q; want %q, %q", tc.out, tc.prev, lines, next, tc.lines, tc.next)
 		}
 	}
 }

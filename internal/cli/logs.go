@@ -2,7 +2,6 @@ package cli
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -17,7 +16,7 @@ func runLogs(ctx context.Context, e *env, args []string) error {
 	fs := newFlags(e, "logs", "[SERVICE] [-f] [--file FILE | --name NAME]")
 	file := fs.String("file", spec.DefaultFile, "the stack `file`")
 	name := fs.String("name", "", "the instance `name` (default: the stack file's)")
-	follow := fs.Bool("f", false, "follow the serial console as it grows (until Ctrl-C)")
+	follow := fs.Bool("f", false, "follow the console log, or SERVICE's journal, as it grows (until Ctrl-C or the instance stops)")
 	lines := fs.Int("n", 200, "how many journal `lines` of a service")
 	pos, err := parse(fs, args)
 	if err != nil {
@@ -41,19 +40,62 @@ func runLogs(ctx context.Context, e *env, args []string) error {
 		inst = home.Instance(t.name)
 	}
 	if len(pos) == 1 {
-		if *follow {
-			return usageError{errors.New("-f follows the serial console; a service's journal is shown once")}
-		}
 		if _, err := machine.RunningPID(inst); err != nil {
 			return withHint{err: fmt.Errorf("%s is not running: a service's journal is read through its agent", inst.Name), hint: "emu up, or emu logs without a service for the console log"}
 		}
-		out, err := machine.Journal(ctx, inst.Agent(), pos[0], *lines)
-		for _, l := range out {
-			fmt.Fprintln(e.stdout, l)
-		}
-		return err
+		return printJournal(ctx, e.stdout, inst, pos[0], *lines, *follow)
 	}
 	return catConsole(ctx, e.stdout, inst, *follow)
+}
+
+// journalPoll is how often logs -f SERVICE asks the agent for new lines.
+const journalPoll = time.Second
+
+// printJournal prints a service's last lines of journal and, with follow,
+// what the service logs after them, until ctx ends or the instance stops.
+// Each round asks the agent for the lines after the journal cursor the last
+// answer ended with, and lets go of the agent's channel in between, so
+// status and down are never kept waiting.
+func printJournal(ctx context.Context, w io.Writer, inst store.Instance, service string, lines int, follow bool) error {
+	out, cursor, err := machine.Journal(ctx, inst.Agent(), service, lines, "")
+	printLines(w, out)
+	if err != nil || !follow {
+		return err
+	}
+	if cursor == "" {
+		return withHint{err: fmt.Errorf("follow the journal of %s: the image's agent predates emu logs -f SERVICE", service), hint: "rebuild the image with this emu (emu build), or use emu logs -f for the console"}
+	}
+	tick := time.NewTicker(journalPoll)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		}
+		if _, err := machine.RunningPID(inst); err != nil {
+			return nil
+		}
+		out, next, err := machine.Journal(ctx, inst.Agent(), service, 0, cursor)
+		printLines(w, out)
+		switch {
+		case ctx.Err() != nil:
+			return nil
+		case err != nil:
+			if _, perr := machine.RunningPID(inst); perr != nil {
+				return nil // stopped while we asked
+			}
+			return err
+		case next != "":
+			cursor = next
+		}
+	}
+}
+
+func printLines(w io.Writer, lines []string) {
+	for _, l := range lines {
+		fmt.Fprintln(w, l)
+	}
 }
 
 // catConsole prints the serial console log, and with follow keeps printing

@@ -17,9 +17,13 @@ const (
 	// OpStatus asks the agent to replay the services' current state.
 	OpStatus Op = "status"
 	// OpLogs asks for a service's journal: log events named after the
-	// service, the last one with the field "end".
+	// service and carrying the request's ID in the field "req", the last
+	// one with the field "end" and the journal's cursor after the lines.
 	OpLogs Op = "logs"
 )
+
+// MaxJournalLines bounds one OpLogs answer.
+const MaxJournalLines = 10000
 
 // Request is one host-to-guest line. Bake steps travel this way, not on the
 // guest's disk, so that build-time secrets never reach the image.
@@ -29,9 +33,14 @@ type Request struct {
 	// Services names the services to start before the bake steps run; the
 	// others stay stopped (they usually need what the bake makes).
 	Services []string `json:"services,omitempty"`
-	// Service and Lines select a journal (OpLogs).
+	// Service and Lines select a journal (OpLogs): its last Lines lines,
+	// or with Cursor every line after it (Lines 0: up to MaxJournalLines).
 	Service string `json:"service,omitempty"`
 	Lines   int    `json:"lines,omitempty"`
+	Cursor  string `json:"cursor,omitempty"`
+	// ID is echoed in the answer's events (field "req"), so a host tells
+	// its answer from one queued for an earlier connection.
+	ID string `json:"id,omitempty"`
 	// Slim lists guest paths to remove after the bake.
 	Slim []string `json:"slim,omitempty"`
 	// Optimize lists the binaries to verify in the guest and install,

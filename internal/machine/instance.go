@@ -9,7 +9,6 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"syscall"
 	"time"
 
@@ -84,28 +83,6 @@ func writePID(path string, pid int) error {
 		return err
 	}
 	return os.WriteFile(path, []byte(fmt.Sprintf("%d %d\n", pid, st)), 0o644)
-}
-
-func startTime(pid int) (uint64, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0, err
-	}
-	// Field 22, counted after the command in parentheses (which may hold spaces).
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 {
-		return 0, fmt.Errorf("parse /proc/%d/stat", pid)
-	}
-	f := strings.Fields(s[i+1:])
-	if len(f) < 20 {
-		return 0, fmt.Errorf("parse /proc/%d/stat", pid)
-	}
-	// A zombie (killed, not yet reaped by its parent) is not running.
-	if f[0] == "Z" || f[0] == "X" {
-		return 0, errExited
-	}
-	return strconv.ParseUint(f[19], 10, 64)
 }
 
 // errExited: the process has exited (its leader is a zombie), though
@@ -464,37 +441,43 @@ func AgentStatus(ctx context.Context, sock string, d time.Duration) (event.Statu
 	}
 }
 
-// Journal fetches a service's journal through the agent.
-func Journal(ctx context.Context, sock, service string, lines int) ([]string, error) {
+// Journal fetches a service's journal through the agent: its last lines
+// lines or, with cursor, the lines after it (up to event.MaxJournalLines).
+// It returns the cursor after the last line, "" from an agent that
+// predates cursors.
+func Journal(ctx context.Context, sock, service string, lines int, cursor string) ([]string, string, error) {
 	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()
 	vm, err := Connect(ctx, sock)
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	defer vm.Close()
-	if err := vm.Send(event.Request{Op: event.OpLogs, Service: service, Lines: lines}); err != nil {
-		return nil, err
+	id := randomID()
+	if err := vm.Send(event.Request{Op: event.OpLogs, Service: service, Lines: lines, Cursor: cursor, ID: id}); err != nil {
+		return nil, "", err
 	}
 	var out []string
 	for {
 		select {
 		case e, ok := <-vm.Events:
 			if !ok {
-				return out, errors.New("the agent's channel closed before the journal ended")
+				return out, "", errors.New("the agent's channel closed before the journal ended")
 			}
-			if e.Kind != event.Log || e.Name != service {
+			// An answer queued for an earlier connection has another
+			// request's ID; an older agent sends none.
+			if e.Kind != event.Log || e.Name != service || (e.Fields["req"] != "" && e.Fields["req"] != id) {
 				continue
 			}
 			if e.Fields["end"] == "true" {
 				if msg := e.Fields["error"]; msg != "" {
-					return out, errors.New(msg)
+					return out, "", errors.New(msg)
 				}
-				return out, nil
+				return out, e.Fields["cursor"], nil
 			}
 			out = append(out, e.Msg)
 		case <-ctx.Done():
-			return out, fmt.Errorf("fetch journal of %s: %w", service, ctx.Err())
+			return out, "", fmt.Errorf("fetch journal of %s: %w", service, ctx.Err())
 		}
 	}
 }
