@@ -7,6 +7,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/emu-dev/emu/internal/event"
 	"github.com/emu-dev/emu/internal/machine"
 	"github.com/emu-dev/emu/internal/spec"
 	"github.com/emu-dev/emu/internal/store"
@@ -57,14 +58,15 @@ const journalPoll = time.Second
 // answer ended with, and lets go of the agent's channel in between, so
 // status and down are never kept waiting.
 func printJournal(ctx context.Context, w io.Writer, inst store.Instance, service string, lines int, follow bool) error {
-	out, cursor, err := machine.Journal(ctx, inst.Agent(), service, lines, "")
-	printLines(w, out)
+	page, err := machine.Journal(ctx, inst.Agent(), service, lines, "")
+	printLines(w, page.Lines)
 	if err != nil || !follow {
 		return err
 	}
-	if cursor == "" {
+	if !page.Cursors {
 		return withHint{err: fmt.Errorf("follow the journal of %s: the image's agent predates emu logs -f SERVICE", service), hint: "rebuild the image with this emu (emu build), or use emu logs -f for the console"}
 	}
+	cursor := page.Cursor
 	tick := time.NewTicker(journalPoll)
 	defer tick.Stop()
 	for {
@@ -76,8 +78,13 @@ func printJournal(ctx context.Context, w io.Writer, inst store.Instance, service
 		if _, err := machine.RunningPID(inst); err != nil {
 			return nil
 		}
-		out, next, err := machine.Journal(ctx, inst.Agent(), service, 0, cursor)
-		printLines(w, out)
+		// No cursor yet (the journal was empty): everything is new.
+		n := 0
+		if cursor == "" {
+			n = event.MaxJournalLines
+		}
+		page, err := machine.Journal(ctx, inst.Agent(), service, n, cursor)
+		printLines(w, page.Lines)
 		switch {
 		case ctx.Err() != nil:
 			return nil
@@ -86,8 +93,8 @@ func printJournal(ctx context.Context, w io.Writer, inst store.Instance, service
 				return nil // stopped while we asked
 			}
 			return err
-		case next != "":
-			cursor = next
+		case page.Cursor != "":
+			cursor = page.Cursor
 		}
 	}
 }

@@ -441,28 +441,36 @@ func AgentStatus(ctx context.Context, sock string, d time.Duration) (event.Statu
 	}
 }
 
+// JournalPage is one answer to a journal request.
+type JournalPage struct {
+	Lines []string
+	// Cursor is the journal's position after the last line; "" when the
+	// journal has no line yet.
+	Cursor string
+	// Cursors is false from an agent that predates cursors.
+	Cursors bool
+}
+
 // Journal fetches a service's journal through the agent: its last lines
 // lines or, with cursor, the lines after it (up to event.MaxJournalLines).
-// It returns the cursor after the last line, "" from an agent that
-// predates cursors.
-func Journal(ctx context.Context, sock, service string, lines int, cursor string) ([]string, string, error) {
+func Journal(ctx context.Context, sock, service string, lines int, cursor string) (JournalPage, error) {
+	var page JournalPage
 	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()
 	vm, err := Connect(ctx, sock)
 	if err != nil {
-		return nil, "", err
+		return page, err
 	}
 	defer vm.Close()
 	id := randomID()
 	if err := vm.Send(event.Request{Op: event.OpLogs, Service: service, Lines: lines, Cursor: cursor, ID: id}); err != nil {
-		return nil, "", err
+		return page, err
 	}
-	var out []string
 	for {
 		select {
 		case e, ok := <-vm.Events:
 			if !ok {
-				return out, "", errors.New("the agent's channel closed before the journal ended")
+				return page, errors.New("the agent's channel closed before the journal ended")
 			}
 			// An answer queued for an earlier connection has another
 			// request's ID; an older agent sends none.
@@ -471,13 +479,14 @@ func Journal(ctx context.Context, sock, service string, lines int, cursor string
 			}
 			if e.Fields["end"] == "true" {
 				if msg := e.Fields["error"]; msg != "" {
-					return out, "", errors.New(msg)
+					return page, errors.New(msg)
 				}
-				return out, e.Fields["cursor"], nil
+				page.Cursor, page.Cursors = e.Fields["cursor"]
+				return page, nil
 			}
-			out = append(out, e.Msg)
+			page.Lines = append(page.Lines, e.Msg)
 		case <-ctx.Done():
-			return out, "", fmt.Errorf("fetch journal of %s: %w", service, ctx.Err())
+			return page, fmt.Errorf("fetch journal of %s: %w", service, ctx.Err())
 		}
 	}
 }
