@@ -95,6 +95,7 @@ func buildStack(ctx context.Context, e *env, r buildRequest) (*build.Result, err
 		fmt.Fprint(e.stderr, progress.Summary(view.Status()))
 		fmt.Fprintf(e.stderr, "bundle: %s\n", res.Dir)
 	}
+	e.pruneDisks(r.home, mode == progress.JSON)
 	return res, nil
 }
 

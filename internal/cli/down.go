@@ -68,5 +68,6 @@ func runReset(ctx context.Context, e *env, args []string) error {
 		return fmt.Errorf("reset %s: remove %s: %w", t.name, inst.Dir, err)
 	}
 	fmt.Fprintf(e.stderr, "%s reset: its data is gone; the image is kept\n", t.name)
+	e.pruneDisks(home, false)
 	return nil
 }
