@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 
 	"github.com/emu-dev/emu/internal/accel"
 	"github.com/emu-dev/emu/internal/build"
@@ -28,6 +29,9 @@ func runBuild(ctx context.Context, e *env, args []string) error {
 	}
 	if len(pos) > 0 {
 		return usageError{fmt.Errorf("build takes no arguments (got %q); name the stack file with -f", pos[0])}
+	}
+	if runtime.GOOS != "linux" {
+		return withHint{err: fmt.Errorf("emu build runs on Linux only (mmdebstrap, mkfs.ext4), not %s", runtime.GOOS), hint: "build the bundle on a Linux machine or in CI, copy it here and run emu up"}
 	}
 	stack, err := spec.Load(*file)
 	if err != nil {

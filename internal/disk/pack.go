@@ -67,7 +67,7 @@ func Unpack(ctx context.Context, packed, dir string) (string, error) {
 	}
 	defer os.RemoveAll(tmp)
 	unpack := unpackGo
-	if gnuTar() {
+	if gnuTar() != "" {
 		unpack = unpackExec
 	}
 	if err := unpack(ctx, packed, tmp); err != nil {
@@ -86,16 +86,22 @@ func Unpack(ctx context.Context, packed, dir string) (string, error) {
 	return filepath.Join(dir, PackedName), nil
 }
 
-// gnuTar reports whether the host's tar is GNU tar, which Pack's sparse
-// members were written by; zstd must be there too.
-var gnuTar = sync.OnceValue(func() bool {
+// gnuTar names the host's GNU tar ("tar", or Homebrew's "gtar"), which
+// Pack's sparse members were written by, or "" when there is none or no
+// zstd.
+var gnuTar = sync.OnceValue(func() string {
 	if _, err := exec.LookPath("zstd"); err != nil {
-		return false
+		return ""
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	out, err := exec.CommandContext(ctx, "tar", "--version").Output()
-	return err == nil && bytes.Contains(out, []byte("GNU tar"))
+	for _, name := range []string{"tar", "gtar"} {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		out, err := exec.CommandContext(ctx, name, "--version").Output()
+		cancel()
+		if err == nil && bytes.Contains(out, []byte("GNU tar")) {
+			return name
+		}
+	}
+	return ""
 })
 
 // unpackExec unpacks with zstd -d | tar --sparse -x into dir: with GNU tar
@@ -104,7 +110,7 @@ var gnuTar = sync.OnceValue(func() bool {
 // moving its history around.
 func unpackExec(ctx context.Context, packed, dir string) error {
 	zCmd := exec.CommandContext(ctx, "zstd", "-q", "-d", "-c", zstdWindow, packed)
-	tarCmd := exec.CommandContext(ctx, "tar", "--sparse", "-xf", "-", "-C", dir, PackedName)
+	tarCmd := exec.CommandContext(ctx, gnuTar(), "--sparse", "-xf", "-", "-C", dir, PackedName)
 	return pipe(zCmd, tarCmd)
 }
 

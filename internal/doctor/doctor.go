@@ -95,13 +95,16 @@ func Run(ctx context.Context, opts Options) Report {
 	tools := []tool{
 		{name: qemuBin, debPkg: qemuDeb, brewPkg: "qemu", why: "runs guests"},
 		{name: "qemu-img", debPkg: "qemu-utils", brewPkg: "qemu", why: "creates and converts disks"},
-		{name: "zstd", debPkg: "zstd", brewPkg: "zstd", why: "unpacks root filesystem tarballs"},
-		{name: "tar", debPkg: "tar", brewPkg: "gnu-tar", why: "unpacks root filesystem tarballs"},
+		// Build tools: a bundle's disk unpacks without them (in-process),
+		// only faster with them.
+		{name: "zstd", debPkg: "zstd", why: "packs disks, unpacks root filesystem tarballs", build: true},
+		{name: "tar", debPkg: "tar", why: "packs disks, unpacks root filesystem tarballs", build: true},
 		{name: "mmdebstrap", debPkg: "mmdebstrap", why: "builds Debian root trees", build: true},
-		{name: "mkfs.ext4", debPkg: "e2fsprogs", brewPkg: "e2fsprogs", why: "makes the root filesystem", build: true},
+		{name: "mkfs.ext4", debPkg: "e2fsprogs", why: "makes the root filesystem", build: true},
 	}
 	for _, t := range tools {
-		if t.build && !opts.NeedBuild {
+		// Builds run on Linux only; a Mac runs bundles built there.
+		if t.build && (!opts.NeedBuild || opts.GOOS == "darwin") {
 			continue
 		}
 		r.Checks = append(r.Checks, lookTool(opts, t))
@@ -136,14 +139,9 @@ func lookTool(opts Options, t tool) Check {
 	}
 	c.Detail = "not found in PATH (" + t.why + ")"
 	switch {
-	case opts.GOOS == "darwin" && t.brewPkg != "":
+	case opts.GOOS == "darwin":
 		c.pkg = t.brewPkg
 		c.Fix = "brew install " + t.brewPkg
-		if t.brewPkg == "e2fsprogs" {
-			c.Fix += ` && export PATH="$(brew --prefix e2fsprogs)/sbin:$PATH"`
-		}
-	case opts.GOOS == "darwin":
-		c.Fix = "build images on Linux: " + t.name + " is Debian-only"
 	default:
 		c.pkg = t.debPkg
 		c.Fix = aptInstall(t.debPkg)
