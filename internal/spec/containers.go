@@ -15,12 +15,19 @@ var EnginePackages = []string{"podman"}
 // EngineSlim is removed after the bake of a stack that uses containers:
 // what podman's packages bring that a rootful engine on the guest's network
 // never runs (CNI plugins: podman 5 networks with netavark; a test helper;
-// the DHCP proxy; the rootless port forwarder). 100 MB of the tree.
+// the DHCP proxy; the rootless port forwarder). 100 MB of the tree. Also
+// GnuPG's programs, which podman's libgpgme runs only to check image
+// signatures: images come from local archives, which carry none, and the
+// default policy accepts them unsigned. The libraries stay (podman links
+// them), and apt's gpgv.
 var EngineSlim = []string{
 	"/usr/lib/cni",
 	"/usr/libexec/podman/podman-testing",
 	"/usr/lib/podman/netavark-dhcp-proxy-client",
 	"/usr/libexec/podman/rootlessport",
+	"/usr/bin/gpg", "/usr/bin/gpg-agent", "/usr/bin/gpgsm", "/usr/bin/gpgconf",
+	"/usr/bin/gpg-connect-agent", "/usr/bin/dirmngr", "/usr/bin/dirmngr-client",
+	"/usr/bin/pinentry-curses", "/usr/lib/gnupg",
 }
 
 // Volume is one parsed volume entry, "NAME:/path[:ro]".
