@@ -12,6 +12,7 @@ import (
 	"net"
 	"os"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -115,6 +116,7 @@ func Start(ctx context.Context, cfg Config) (*VM, error) {
 		FWCfg:     cfg.FWCfg,
 		Name:      cfg.Name,
 		NoReboot:  true,
+		TBSize:    tbSize(),
 	}, qemu.Host{OS: runtime.GOOS, Arch: runtime.GOARCH})
 	if err != nil {
 		return nil, fmt.Errorf("qemu command line: %w", err)
@@ -250,4 +252,19 @@ func (vm *VM) Gone(what string) error {
 		return fmt.Errorf("qemu exited before %s (%v)", what, err)
 	}
 	return fmt.Errorf("qemu exited before %s", what)
+}
+
+// tbSize is EMU_TCG_TB_SIZE: TCG's translation cache in MiB, for a stack
+// whose code outgrows qemu.DefaultTBSize ("default" means QEMU's own). It
+// is 0, qemu.DefaultTBSize, when unset or not understood.
+func tbSize() int {
+	v := os.Getenv("EMU_TCG_TB_SIZE")
+	if v == "default" {
+		return -1
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 {
+		return 0
+	}
+	return n
 }

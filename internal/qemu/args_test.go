@@ -279,3 +279,21 @@ func TestKernelArgsTSC(t *testing.T) {
 		t.Errorf("no kernel: kernelArgs = %q, want none (firmware boots)", got)
 	}
 }
+
+func TestAccelArg(t *testing.T) {
+	for _, tc := range []struct {
+		accel  Accel
+		tbSize int
+		want   string
+	}{
+		{TCG, 0, "tcg,tb-size=256"},
+		{TCG, 1024, "tcg,tb-size=1024"},
+		{TCG, -1, "tcg"},
+		{KVM, 0, "kvm"},
+		{HVF, 512, "hvf"},
+	} {
+		if got := accelArg(Config{Accel: tc.accel, TBSize: tc.tbSize}); got != tc.want {
+			t.Errorf("accelArg(%s, %d) = %q, want %q", tc.accel, tc.tbSize, got, tc.want)
+		}
+	}
+}
