@@ -206,6 +206,30 @@ func Up(ctx context.Context, o UpOptions) (Info, error) {
 			o.Sink.Emit(e)
 		}
 	}
+	info, err = boot(ctx, o, fwd, emit)
+	if crash := earlyCrash(err); crash != "" && ctx.Err() == nil {
+		// The kernel died before the agent started: nothing of the
+		// stack ran yet. Under TCG that is rare, and another boot works.
+		msg := "the guest kernel crashed before the agent started (" + crash + "); booting it again"
+		emit(event.New(event.Log, "", msg))
+		if o.Log != nil {
+			o.Log.Warn(msg, "console", inst.Serial()+".1")
+		}
+		info, err = boot(ctx, o, fwd, emit)
+	}
+	if err != nil {
+		emit(event.New(event.Failed, "", err.Error()))
+		return Info{}, err
+	}
+	emit(event.New(event.Done, inst.Name, "ready"))
+	return info, nil
+}
+
+// boot starts QEMU on the instance's overlay and waits until every service
+// is healthy. When the guest does not get there, it is stopped cleanly and
+// the data is kept.
+func boot(ctx context.Context, o UpOptions, fwd []qemu.Forward, emit func(event.Event)) (Info, error) {
+	inst := o.Instance
 	// Keep the previous boot's console: the one to read after a failed start.
 	_ = os.Rename(inst.Serial(), inst.Serial()+".1")
 	start := time.Now()
@@ -230,8 +254,8 @@ func Up(ctx context.Context, o UpOptions) (Info, error) {
 	}
 	defer vm.Close()
 	started := time.Since(start)
-	info = Info{
-		Name: inst.Name, Bundle: o.Bundle, DiskSHA256: sum, Accel: string(o.Accel.Accel),
+	info := Info{
+		Name: inst.Name, Bundle: o.Bundle, DiskSHA256: o.Manifest.Files[store.BundleDisk].SHA256, Accel: string(o.Accel.Accel),
 		TimeoutScale: o.Accel.TimeoutScale, Ports: o.Ports, Started: start.UTC(), PID: vm.Proc.Pid,
 	}
 	if err := writePID(inst.PID(), vm.Proc.Pid); err != nil {
@@ -257,12 +281,21 @@ func Up(ctx context.Context, o UpOptions) (Info, error) {
 		var ue *BootError
 		if errors.As(err, &ue) {
 			ue.Logs = []string{inst.Serial(), inst.QEMULog()}
+			ue.hello = t.Hello > 0
 		}
-		emit(event.New(event.Failed, "", err.Error()))
 		return Info{}, err
 	}
-	emit(event.New(event.Done, inst.Name, "ready"))
 	return info, nil
+}
+
+// earlyCrash is the kernel's crash line when err is a guest whose kernel
+// crashed before the agent said hello, else "".
+func earlyCrash(err error) string {
+	var be *BootError
+	if errors.As(err, &be) && !be.hello {
+		return be.Crash
+	}
+	return ""
 }
 
 // waitReady follows the agent's events until every service is healthy. The
@@ -328,7 +361,7 @@ func failedService(err error) string {
 func consoleError(vm *VM, err error) *BootError {
 	ue := &BootError{Op: "up", Err: err}
 	if c, rerr := ReadConsole(vm.SerialPath, 30); rerr == nil {
-		ue.Err, ue.Tail, ue.TailFrom = c.Explain(err), c.Tail, "the serial console"
+		ue.Err, ue.Tail, ue.TailFrom, ue.Crash = c.Explain(err), c.Tail, "the serial console", c.Crash
 	}
 	return ue
 }

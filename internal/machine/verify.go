@@ -55,6 +55,10 @@ type BootError struct {
 	Tail     []string
 	TailFrom string
 	Logs     []string
+	// Crash is the guest kernel's crash line, when the console has one.
+	Crash string
+	// hello: the agent had said hello (the boot got that far).
+	hello bool
 }
 
 func (e *BootError) Error() string {

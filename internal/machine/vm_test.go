@@ -185,9 +185,24 @@ func TestVMUpKernelCrash(t *testing.T) {
 	// itself, has no virtio driver built in, and panics.
 	man.Cmdline += " rdinit=/nonexistent"
 	start := time.Now()
-	_, err := machine.Up(context.Background(), machine.UpOptions{Instance: inst, DiskCache: home.DiskCache(), Bundle: dir, Manifest: man, Accel: tcg})
+	rec := &event.Recorder{}
+	_, err := machine.Up(context.Background(), machine.UpOptions{Instance: inst, DiskCache: home.DiskCache(), Bundle: dir, Manifest: man, Accel: tcg, Sink: rec})
 	if err == nil {
 		t.Fatal("Up of a guest whose kernel panics succeeded")
+	}
+	// It crashed before the agent's hello: up boots once more (a TCG
+	// guest's rare early crash passes), keeping the first console.
+	var again int
+	for _, e := range rec.Events() {
+		if e.Kind == event.Log && strings.Contains(e.Msg, "booting it again") {
+			again++
+		}
+	}
+	if again != 1 {
+		t.Errorf("%d boot-again events, want 1: %v", again, rec.Events())
+	}
+	if b, err := os.ReadFile(inst.Serial() + ".1"); err != nil || !strings.Contains(string(b), "Kernel panic") {
+		t.Errorf("the first boot's console (serial.log.1) is not kept: %v", err)
 	}
 	t.Logf("error after %s: %v", time.Since(start).Round(time.Millisecond), err)
 	if want := "the guest kernel crashed: Kernel panic - not syncing: VFS: Unable to mount root fs"; !strings.Contains(err.Error(), want) {
