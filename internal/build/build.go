@@ -91,6 +91,8 @@ type builder struct {
 	// images: the stack's image sources, and each image reference's ID.
 	imageSources []imageSource
 	imageIDs     map[string]string
+	// helloSeen: the provisioning guest's agent said hello.
+	helloSeen bool
 
 	logMu   sync.Mutex
 	logFile *os.File

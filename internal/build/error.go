@@ -20,6 +20,8 @@ type Error struct {
 	// Kept is the work directory kept by --keep-on-failure.
 	Kept string
 	Hint string
+	// crash is the guest kernel's crash line, when the console has one.
+	crash string
 }
 
 func (e *Error) Error() string {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 
 	"path/filepath"
 	"strconv"
@@ -44,6 +45,23 @@ func (b *builder) provision(ctx context.Context) (map[string]string, error) {
 	ctx, cancel := context.WithTimeout(ctx, total)
 	defer cancel()
 
+	fields, err := b.provisionBoot(ctx, total)
+	var be *Error
+	if errors.As(err, &be) && be.crash != "" && !b.helloSeen && ctx.Err() == nil {
+		// The kernel died before the agent started: the bake has not
+		// begun. Under TCG that is rare, and another boot works.
+		b.emit(event.New(event.Log, "provision", "the guest kernel crashed before the agent started ("+be.crash+"); booting it again"))
+		serial := filepath.Join(b.logs, store.SerialLog)
+		_ = os.Rename(serial, serial+".1")
+		fields, err = b.provisionBoot(ctx, total)
+	}
+	return fields, err
+}
+
+// provisionBoot is one boot of the provisioning guest, to its power-off.
+func (b *builder) provisionBoot(ctx context.Context, total time.Duration) (map[string]string, error) {
+	s := b.opts.Stack
+	scale := b.opts.Accel.TimeoutScale
 	raw := b.rawDisk()
 	m, err := machine.Start(ctx, machine.Config{
 		Name:    "emu-build-" + s.Name,
@@ -83,6 +101,7 @@ func (b *builder) provision(ctx context.Context) (map[string]string, error) {
 			}
 			switch e.Kind {
 			case event.Hello:
+				b.helloSeen = true
 				hello.Stop()
 				req := provisionRequest(s, b.imageIDs)
 				req.Optimize = b.bins.items
@@ -117,7 +136,7 @@ func (b *builder) provision(ctx context.Context) (map[string]string, error) {
 				err = fmt.Errorf("interrupted: %w", err)
 			}
 			be := b.consoleFailure(m, err)
-			be.Step = b.snapshot().Running()
+			be.Step = b.runningStep()
 			return nil, be
 		}
 	}
@@ -220,7 +239,7 @@ func (b *builder) guestGone(m *machine.VM, why string) *Error {
 		}
 	}
 	be := b.consoleFailure(m, errors.New(msg))
-	be.Step = b.snapshot().Running()
+	be.Step = b.runningStep()
 	return be
 }
 
@@ -253,7 +272,7 @@ func (b *builder) drain(m *machine.VM) (verdict event.Event, ok bool) {
 func (b *builder) consoleFailure(m *machine.VM, err error) *Error {
 	be := &Error{Stage: "provision", Err: err}
 	if c, rerr := machine.ReadConsole(m.SerialPath, consoleTail); rerr == nil {
-		be.Err, be.Tail, be.TailFrom = c.Explain(err), c.Tail, "the serial console"
+		be.Err, be.Tail, be.TailFrom, be.crash = c.Explain(err), c.Tail, "the serial console", c.Crash
 	}
 	return be
 }
@@ -263,4 +282,13 @@ func scaled(d time.Duration, scale float64) time.Duration {
 		scale = 1
 	}
 	return time.Duration(float64(d) * scale)
+}
+
+// runningStep names the bake step or service running, "" when only the
+// provision stage itself is (the error already names the stage).
+func (b *builder) runningStep() string {
+	if r := b.snapshot().Running(); r != "provision" {
+		return r
+	}
+	return ""
 }

@@ -668,3 +668,41 @@ func TestOutputNotWritable(t *testing.T) {
 		t.Errorf("work directory left: %s", ents[0].Name())
 	}
 }
+
+// A kernel crash before the agent's hello gets one more boot: the tiny
+// guest's init crashes once when the tree has /emu-test-crash-once.
+func TestVMCrashBeforeHelloBootsAgain(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "marker"), []byte("x"), 0o644)
+	src := "name: tiny-crash-once\nbase: {suite: trixie}\nvm: {cpus: 1, memory: 256MiB, disk: 1GiB}\n" +
+		"files:\n  - {src: marker, dst: /emu-test-crash-once}\n" +
+		"bake:\n  - name: mark\n    run: [/bin/sh, -c, \"echo baked\"]\n"
+	path := filepath.Join(dir, "emu.yaml")
+	if err := os.WriteFile(path, []byte(src), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s, err := spec.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := newEnv(t, s)
+	if _, err := build.Build(context.Background(), e.opts); err != nil {
+		t.Fatalf("build after one early crash: %v", err)
+	}
+	var again int
+	for _, ev := range e.rec.Events() {
+		if ev.Kind == event.Log && strings.Contains(ev.Msg, "crashed before the agent started (Kernel panic - not syncing: sysrq triggered crash); booting it again") {
+			again++
+		}
+	}
+	if again != 1 {
+		t.Errorf("%d boot-again events, want 1", again)
+	}
+	logs, _ := filepath.Glob(filepath.Join(e.opts.Home.BuildLogs(s.Name), "*", store.SerialLog+".1"))
+	if len(logs) != 1 {
+		t.Fatalf("first boot's console: %v, want one serial.log.1", logs)
+	}
+	if b, _ := os.ReadFile(logs[0]); !strings.Contains(string(b), "crashing before the agent") {
+		t.Errorf("serial.log.1 is not the crashed boot's console")
+	}
+}

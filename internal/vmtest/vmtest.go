@@ -186,6 +186,14 @@ const guestInit = `#!/bin/sh
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 mount -t tmpfs tmpfs /run
 mount -t tmpfs tmpfs /tmp
+# A test's hook: crash the kernel on this boot only, before the agent.
+if [ -e /emu-test-crash-once ]; then
+	rm /emu-test-crash-once
+	sync
+	echo "emu-test: crashing before the agent"
+	mount -t proc proc /proc
+	echo c > /proc/sysrq-trigger
+fi
 echo "emu-test: starting agent"
 /usr/local/sbin/emu-agent
 echo "emu-test: agent exited with $?"
