@@ -706,3 +706,25 @@ func TestVMCrashBeforeHelloBootsAgain(t *testing.T) {
 		t.Errorf("serial.log.1 is not the crashed boot's console")
 	}
 }
+
+// The boot check (verify) also boots once more after an early crash: here
+// the bake leaves the marker, so the image's first boot crashes.
+func TestVMVerifyCrashBeforeHelloBootsAgain(t *testing.T) {
+	s := tinyStack(t, "tiny-verify-crash", `
+  - name: arm
+    run: [/bin/sh, -c, "echo x > /emu-test-crash-once"]
+`)
+	e := newEnv(t, s)
+	if _, err := build.Build(context.Background(), e.opts); err != nil {
+		t.Fatalf("build whose image crashes on its first boot: %v", err)
+	}
+	var again int
+	for _, ev := range e.rec.Events() {
+		if ev.Kind == event.Log && strings.Contains(ev.Msg, "booting it again") {
+			again++
+		}
+	}
+	if again != 1 {
+		t.Errorf("%d boot-again events, want 1 (from verify)", again)
+	}
+}

@@ -128,24 +128,41 @@ func Verify(ctx context.Context, opts VerifyOptions) (Timings, error) {
 
 	start := time.Now()
 	emit(event.New(event.StageStart, "boot", man.Name))
-	vm, err := Start(ctx, Config{
-		Name: cmp.Or(opts.Name, "emu-verify-"+man.Name), Arch: man.Arch, VM: man.VM, Accel: opts.Accel,
-		Kernel:  filepath.Join(opts.Bundle, store.BundleKernel),
-		Initrd:  filepath.Join(opts.Bundle, store.BundleInitrd),
-		Cmdline: man.Cmdline,
-		Drive:   qemu.Drive{Path: overlay, Format: "qcow2", Discard: true, Cache: "unsafe"},
-		Serial:  filepath.Join(logDir, store.SerialLog),
-		Output:  filepath.Join(logDir, store.QEMULog),
-		QEMU:    opts.QEMU, Log: opts.Log,
-	})
-	if err != nil {
-		emit(event.New(event.Failed, "", err.Error()))
-		return t, err
+	serial := filepath.Join(logDir, store.SerialLog)
+	var vm *VM
+	var ready Timings
+	for attempt := 1; ; attempt++ {
+		vm, err = Start(ctx, Config{
+			Name: cmp.Or(opts.Name, "emu-verify-"+man.Name), Arch: man.Arch, VM: man.VM, Accel: opts.Accel,
+			Kernel:  filepath.Join(opts.Bundle, store.BundleKernel),
+			Initrd:  filepath.Join(opts.Bundle, store.BundleInitrd),
+			Cmdline: man.Cmdline,
+			Drive:   qemu.Drive{Path: overlay, Format: "qcow2", Discard: true, Cache: "unsafe"},
+			Serial:  serial,
+			Output:  filepath.Join(logDir, store.QEMULog),
+			QEMU:    opts.QEMU, Log: opts.Log,
+		})
+		if err != nil {
+			emit(event.New(event.Failed, "", err.Error()))
+			return t, err
+		}
+		defer vm.Stop(context.WithoutCancel(ctx), 5*time.Second)
+		t.Start = time.Since(start)
+		ready, err = waitReady(ctx, vm, opts.Timeout, emit)
+		var be *BootError
+		if errors.As(err, &be) {
+			be.hello = ready.Hello > 0
+		}
+		crash := earlyCrash(err)
+		if attempt > 1 || crash == "" || ctx.Err() != nil {
+			break
+		}
+		// As emu up does: a kernel that died before the agent started
+		// ran nothing of the image; under TCG the next boot works.
+		emit(event.New(event.Log, "", "the guest kernel crashed before the agent started ("+crash+"); booting it again"))
+		vm.Stop(context.WithoutCancel(ctx), 5*time.Second)
+		_ = os.Rename(serial, serial+".1")
 	}
-	defer vm.Stop(context.WithoutCancel(ctx), 5*time.Second)
-	t.Start = time.Since(start)
-
-	ready, err := waitReady(ctx, vm, opts.Timeout, emit)
 	if err != nil {
 		var be *BootError
 		if errors.As(err, &be) {
