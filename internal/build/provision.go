@@ -50,7 +50,7 @@ func (b *builder) provision(ctx context.Context) (map[string]string, error) {
 	if errors.As(err, &be) && be.crash != "" && !b.helloSeen && ctx.Err() == nil {
 		// The kernel died before the agent started: the bake has not
 		// begun. Under TCG that is rare, and another boot works.
-		b.emit(event.New(event.Log, "provision", "the guest kernel crashed before the agent started ("+be.crash+"); booting it again"))
+		b.emit(event.New(event.Log, "provision", machine.BootAgain(be.crash)))
 		serial := filepath.Join(b.logs, store.SerialLog)
 		_ = os.Rename(serial, serial+".1")
 		fields, err = b.provisionBoot(ctx, total)

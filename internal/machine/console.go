@@ -52,3 +52,9 @@ func (c Console) Explain(err error) error {
 	}
 	return fmt.Errorf("%w: the guest kernel crashed: %s", err, c.Crash)
 }
+
+// BootAgain is what emu says when it boots a guest once more because its
+// kernel crashed (crash) before the agent started.
+func BootAgain(crash string) string {
+	return "the guest kernel crashed before the agent started (" + crash + "); booting it again"
+}

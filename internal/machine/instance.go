@@ -210,7 +210,7 @@ func Up(ctx context.Context, o UpOptions) (Info, error) {
 	if crash := earlyCrash(err); crash != "" && ctx.Err() == nil {
 		// The kernel died before the agent started: nothing of the
 		// stack ran yet. Under TCG that is rare, and another boot works.
-		msg := "the guest kernel crashed before the agent started (" + crash + "); booting it again"
+		msg := BootAgain(crash)
 		emit(event.New(event.Log, "", msg))
 		if o.Log != nil {
 			o.Log.Warn(msg, "console", inst.Serial()+".1")

@@ -159,7 +159,7 @@ func Verify(ctx context.Context, opts VerifyOptions) (Timings, error) {
 		}
 		// As emu up does: a kernel that died before the agent started
 		// ran nothing of the image; under TCG the next boot works.
-		emit(event.New(event.Log, "", "the guest kernel crashed before the agent started ("+crash+"); booting it again"))
+		emit(event.New(event.Log, "", BootAgain(crash)))
 		vm.Stop(context.WithoutCancel(ctx), 5*time.Second)
 		_ = os.Rename(serial, serial+".1")
 	}
