@@ -258,8 +258,12 @@ func (a *Agent) provision(ctx context.Context, reqs <-chan event.Request) error 
 		a.emit(event.New(event.StageDone, "services", ""))
 	}
 	a.emit(event.New(event.StageStart, "bake", fmt.Sprintf("%d steps", len(req.Steps))))
+	var acks <-chan string
+	if req.AckSteps {
+		acks = routeAcks(ctx, reqs, a)
+	}
 	for _, st := range req.Steps {
-		if err := a.runStep(ctx, st); err != nil {
+		if err := a.runStep(ctx, st, acks); err != nil {
 			a.emit(event.New(event.StageFailed, "bake", err.Error()))
 			return a.fail(st.Name, err)
 		}
@@ -279,6 +283,31 @@ func (a *Agent) provision(ctx context.Context, reqs <-chan event.Request) error 
 	a.emit(done)
 	a.emit(event.New(event.Done, "", "provisioned"))
 	return nil
+}
+
+// routeAcks passes the host's OpAck IDs on while the bake runs; any other
+// request is answered with a log line, as before the provision request.
+func routeAcks(ctx context.Context, reqs <-chan event.Request, a *Agent) <-chan string {
+	acks := make(chan string, 16)
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case r := <-reqs:
+				if r.Op != event.OpAck {
+					a.emit(event.New(event.Log, "", fmt.Sprintf("ignoring %s request while provisioning", r.Op)))
+					continue
+				}
+				select {
+				case acks <- r.ID:
+				case <-ctx.Done():
+					return
+				}
+			}
+		}
+	}()
+	return acks
 }
 
 // serve starts the services and answers requests until a shutdown.

@@ -49,17 +49,59 @@ func (e *StepError) Error() string {
 
 func (e *StepError) Unwrap() error { return e.Err }
 
-// runStep runs one bake step, streaming its output line by line.
-func (a *Agent) runStep(ctx context.Context, st event.Step) error {
+// ackTimeout bounds the wait for the host's acknowledgement of a step's
+// start. The host answers within milliseconds while it reads; one that is
+// gone cannot be helped by waiting, so the step runs anyway.
+const ackTimeout = 30 * time.Second
+
+// runStep runs one bake step, streaming its output line by line. With acks
+// (the provision request's AckSteps) it first waits until the host has
+// acknowledged the step's start: a step that crashes the guest at once
+// must not take its own name down with it.
+func (a *Agent) runStep(ctx context.Context, st event.Step, acks <-chan string) error {
 	a.emit(event.New(event.StepStart, st.Name, ""))
 	start := time.Now()
+	var ack time.Duration
+	if acks != nil {
+		if err := a.awaitAck(ctx, st.Name, acks); err != nil {
+			return err
+		}
+		ack = time.Since(start)
+		start = time.Now()
+	}
 	code, err := a.execStep(ctx, st)
 	if err == nil {
-		a.emit(event.New(event.StepDone, st.Name, time.Since(start).Round(time.Millisecond).String()).WithCode(0))
+		done := event.New(event.StepDone, st.Name, time.Since(start).Round(time.Millisecond).String()).WithCode(0)
+		if acks != nil {
+			done = done.With(event.FieldAck, ack.String())
+		}
+		a.emit(done)
 		return nil
 	}
 	a.emit(event.New(event.StepFailed, st.Name, err.Error()).WithCode(code))
 	return err
+}
+
+// awaitAck waits for the host's OpAck of step name. Stale IDs (a step
+// acknowledged after its wait ran out) are skipped.
+func (a *Agent) awaitAck(ctx context.Context, name string, acks <-chan string) error {
+	t := time.NewTimer(ackTimeout)
+	defer t.Stop()
+	for {
+		select {
+		case id := <-acks:
+			if id == name {
+				return nil
+			}
+		case <-t.C:
+			a.emit(event.New(event.Log, name, fmt.Sprintf("the host did not acknowledge the step's start within %s; running it anyway", ackTimeout)))
+			return nil
+		case <-ctx.Done():
+			err := fmt.Errorf("wait for the host to acknowledge step %s: %w", name, ctx.Err())
+			a.emit(event.New(event.StepFailed, name, err.Error()).WithCode(-1))
+			return err
+		}
+	}
 }
 
 func (a *Agent) execStep(ctx context.Context, st event.Step) (int, error) {

@@ -359,3 +359,54 @@ func assertExists(t *testing.T, paths ...string) {
 		}
 	}
 }
+
+// With AckSteps a step runs only once the host has acknowledged its start:
+// the step's marker file must not exist while the ack is held back, and a
+// stale ack for another step does not release it.
+func TestProvisionStepWaitsForAck(t *testing.T) {
+	dir := t.TempDir()
+	marker := filepath.Join(dir, "ran")
+	h := startAgent(t, Options{Mode: Provision})
+	h.next(event.Hello, "")
+	h.send(event.Request{Op: event.OpProvision, AckSteps: true, Steps: []event.Step{
+		sh("first", "touch "+marker, dir),
+		sh("second", "exit 0", dir),
+	}})
+	h.next(event.StepStart, "first")
+	h.send(event.Request{Op: event.OpAck, ID: "not-this-one"})
+	// Whatever the agent would do without the ack, it has had time to do.
+	h.send(event.Request{Op: event.OpStatus})
+	h.next(event.Log, "")
+	if _, err := os.Stat(marker); err == nil {
+		t.Fatal("the step ran before the host acknowledged its start")
+	}
+	h.send(event.Request{Op: event.OpAck, ID: "first"})
+	done := h.next(event.StepDone, "first")
+	if _, err := os.Stat(marker); err != nil {
+		t.Errorf("the step did not run after the ack: %v", err)
+	}
+	if d, err := time.ParseDuration(done.Fields[event.FieldAck]); err != nil || d <= 0 {
+		t.Errorf("step.done field %s = %q, want the time the ack took", event.FieldAck, done.Fields[event.FieldAck])
+	}
+	h.next(event.StepStart, "second")
+	h.send(event.Request{Op: event.OpAck, ID: "second"})
+	if f, ok := find(h.untilTerminal(), event.Done, ""); !ok {
+		t.Errorf("no done after both steps; got:\n%s (%v)", dump(h.got), f)
+	}
+	if err := h.result(); err != nil {
+		t.Errorf("Start: %v", err)
+	}
+}
+
+// Without AckSteps (hosts that do not ask for it) steps run at once.
+func TestProvisionWithoutAckRunsAtOnce(t *testing.T) {
+	dir := t.TempDir()
+	_, events := provision(t, Options{}, event.Request{Steps: []event.Step{sh("only", "exit 0", dir)}})
+	done, ok := find(events, event.StepDone, "only")
+	if !ok {
+		t.Fatalf("no step.done; got:\n%s", dump(events))
+	}
+	if v, ok := done.Fields[event.FieldAck]; ok {
+		t.Errorf("step.done carries %s=%q without AckSteps", event.FieldAck, v)
+	}
+}

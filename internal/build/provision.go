@@ -106,9 +106,16 @@ func (b *builder) provisionBoot(ctx context.Context, total time.Duration) (map[s
 				req := provisionRequest(s, b.imageIDs)
 				req.Optimize = b.bins.items
 				req.Images = b.imageRequests()
+				req.AckSteps = true
 				if err := m.Send(req); err != nil {
 					return nil, err
 				}
+			case event.StepStart:
+				// The step waits for this: once the agent has it, a crash
+				// in the step is known to be the step's.
+				// A send that fails means the guest is going; its end
+				// is reported from the process or the channel.
+				_ = m.Send(event.Request{Op: event.OpAck, ID: e.Name})
 			case event.Failed:
 				m.Stop(context.WithoutCancel(ctx), 2*time.Second)
 				return nil, b.stepFailure(e)

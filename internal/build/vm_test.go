@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -34,7 +36,7 @@ var (
 )
 
 // tinyBase is the tiny guest's base tarball, made once per test binary.
-func tinyBase(t *testing.T) string {
+func tinyBase(t testing.TB) string {
 	t.Helper()
 	vmtest.Skip(t)
 	baseOnce.Do(func() {
@@ -59,7 +61,7 @@ func TestMain(m *testing.M) {
 }
 
 // tinyStack loads a stack file for the tiny guest with the given bake steps.
-func tinyStack(t *testing.T, name, bake string) *spec.Stack {
+func tinyStack(t testing.TB, name, bake string) *spec.Stack {
 	t.Helper()
 	dir := t.TempDir()
 	src := "name: " + name + "\nbase: {suite: trixie}\nvm: {cpus: 1, memory: 256MiB, disk: 1GiB}\nbake:\n" + bake
@@ -80,7 +82,7 @@ type env struct {
 	out  string
 }
 
-func newEnv(t *testing.T, s *spec.Stack) *env {
+func newEnv(t testing.TB, s *spec.Stack) *env {
 	t.Helper()
 	rec := &event.Recorder{}
 	out := t.TempDir()
@@ -727,4 +729,45 @@ func TestVMVerifyCrashBeforeHelloBootsAgain(t *testing.T) {
 	if again != 1 {
 		t.Errorf("%d boot-again events, want 1 (from verify)", again)
 	}
+}
+
+// BenchmarkVMStepAck measures what the step-start acknowledgement costs: a
+// bake of 40 empty steps in the tiny guest, each step.done carrying the
+// agent's wait for the host's ack. The step's own run (fork and exec of
+// /bin/true) is reported beside it as the baseline.
+//
+//	go test -run '^$' -bench VMStepAck -benchtime 3x ./internal/build/
+func BenchmarkVMStepAck(b *testing.B) {
+	var bake strings.Builder
+	for i := range 40 {
+		fmt.Fprintf(&bake, "  - name: s%02d\n    run: [/bin/true]\n", i)
+	}
+	var acks, runs []time.Duration
+	for b.Loop() {
+		s := tinyStack(b, "tiny-ack", bake.String())
+		e := newEnv(b, s)
+		e.opts.SkipVerify = true
+		if _, err := build.Build(context.Background(), e.opts); err != nil {
+			b.Fatalf("build: %v", err)
+		}
+		for _, ev := range e.rec.Events() {
+			if ev.Kind != event.StepDone {
+				continue
+			}
+			a, aerr := time.ParseDuration(ev.Fields[event.FieldAck])
+			r, rerr := time.ParseDuration(ev.Msg)
+			if aerr != nil || rerr != nil {
+				b.Fatalf("step.done %s: ack %q, took %q", ev.Name, ev.Fields[event.FieldAck], ev.Msg)
+			}
+			acks, runs = append(acks, a), append(runs, r)
+		}
+	}
+	slices.Sort(acks)
+	slices.Sort(runs)
+	med := func(d []time.Duration) time.Duration { return d[len(d)/2] }
+	p90 := func(d []time.Duration) time.Duration { return d[len(d)*9/10] }
+	b.ReportMetric(float64(med(acks).Microseconds())/1000, "ack-ms-p50")
+	b.ReportMetric(float64(p90(acks).Microseconds())/1000, "ack-ms-p90")
+	b.ReportMetric(float64(med(runs).Microseconds())/1000, "step-ms-p50")
+	b.ReportMetric(float64(med(acks))/float64(med(runs)), "ack/step")
 }

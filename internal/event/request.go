@@ -20,6 +20,12 @@ const (
 	// service and carrying the request's ID in the field "req", the last
 	// one with the field "end" and the journal's cursor after the lines.
 	OpLogs Op = "logs"
+	// OpAck acknowledges a bake step's step.start event; ID is the step's
+	// name. With Request.AckSteps the agent waits for it before it runs
+	// the step, so the host has the step's name before the step can take
+	// the guest down with it (a kernel crash in the step's first
+	// millisecond otherwise loses the event in flight).
+	OpAck Op = "ack"
 )
 
 // MaxJournalLines bounds one OpLogs answer.
@@ -55,6 +61,9 @@ type Request struct {
 	// Volumes are the named volumes the stack uses, created in the
 	// engine before the bake (OpProvision).
 	Volumes []string `json:"volumes,omitempty"`
+	// AckSteps makes the agent wait for an OpAck of each step's start
+	// before running it (OpProvision).
+	AckSteps bool `json:"ack_steps,omitempty"`
 }
 
 // Image is one image source the host attached as a read-only disk.
