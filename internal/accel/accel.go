@@ -31,6 +31,18 @@ type Choice struct {
 	TimeoutScale float64
 }
 
+// Scale stretches a guest-side allowance by TimeoutScale (never below 1):
+// the one way every boot, bake and stop deadline is adjusted for the
+// accelerator.
+func (c Choice) Scale(d time.Duration) time.Duration {
+	return Scale(d, c.TimeoutScale)
+}
+
+// Scale stretches d by scale, never by less than 1 (an unset scale).
+func Scale(d time.Duration, scale float64) time.Duration {
+	return time.Duration(float64(d) * max(scale, 1))
+}
+
 // TCGTimeoutScale is how much slower we assume a TCG guest runs.
 const TCGTimeoutScale = 8
 

@@ -91,8 +91,6 @@ type builder struct {
 	// images: the stack's image sources, and each image reference's ID.
 	imageSources []imageSource
 	imageIDs     map[string]string
-	// helloSeen: the provisioning guest's agent said hello.
-	helloSeen bool
 
 	logMu   sync.Mutex
 	logFile *os.File
@@ -277,7 +275,7 @@ func (b *builder) failure(stageName string, err error) error {
 	if b.opts.KeepOnFailure {
 		be.Kept = b.work
 	}
-	name := be.Step
+	name := be.Step()
 	if name == "" {
 		name = be.Stage
 	}

@@ -1,59 +1,61 @@
 package build
 
 import (
-	"fmt"
-	"strings"
+	"github.com/emu-dev/emu/internal/machine"
 )
 
-// Error is a failed build: which stage, which bake step, what it printed
-// last, and which logs to read.
+// Error is a failed build: which stage, what went wrong, and which logs to
+// read. A failure in the guest (a bake step, a service, a crash) is a
+// *machine.GuestError in Err, which names the step or service and holds
+// what it printed last.
 type Error struct {
 	Stage string
-	// Step is the bake step (or service) that failed, if one did.
-	Step string
-	Code *int
-	Err  error
-	// Tail is the last output of the failing step or the console.
-	Tail     []string
-	TailFrom string // "step output" or "serial console"
-	Logs     []string
+	Err   error
+	// Logs are the build's own logs, after the guest's.
+	Logs []string
 	// Kept is the work directory kept by --keep-on-failure.
 	Kept string
 	Hint string
-	// crash is the guest kernel's crash line, when the console has one.
-	crash string
 }
 
-func (e *Error) Error() string {
-	s := "build: " + e.Stage
-	if e.Step != "" {
-		s += ": " + e.Step
-	}
-	return s + ": " + e.Err.Error()
-}
+func (e *Error) Error() string { return "build: " + e.Stage + ": " + e.Err.Error() }
 
 func (e *Error) Unwrap() error { return e.Err }
 
-// Detail is the multi-line part a person reads below the error line.
-func (e *Error) Detail() string {
-	var b strings.Builder
-	if len(e.Tail) > 0 {
-		fmt.Fprintf(&b, "last %d lines of %s:\n", len(e.Tail), e.TailFrom)
-		for _, l := range e.Tail {
-			fmt.Fprintf(&b, "  | %s\n", l)
-		}
+// Guest is the guest failure behind the build's, or nil.
+func (e *Error) Guest() *machine.GuestError { return machine.AsGuestError(e.Err) }
+
+// Step names the bake step or service that failed, "" when none did.
+func (e *Error) Step() string {
+	ge := e.Guest()
+	switch {
+	case ge == nil:
+		return ""
+	case ge.Step != "":
+		return ge.Step
+	case ge.Service != "":
+		return "service " + ge.Service
 	}
-	if len(e.Logs) > 0 {
-		fmt.Fprintf(&b, "logs:\n")
-		for _, l := range e.Logs {
-			fmt.Fprintf(&b, "  %s\n", l)
-		}
-	}
-	if e.Kept != "" {
-		fmt.Fprintf(&b, "kept for inspection (--keep-on-failure): %s\n", e.Kept)
-	}
-	return b.String()
+	return ""
 }
 
-// HintText is what to do next, when known.
-func (e *Error) HintText() string { return e.Hint }
+// Detail is the multi-line part a person reads below the error line.
+func (e *Error) Detail() string {
+	extra := ""
+	if e.Kept != "" {
+		extra = "kept for inspection (--keep-on-failure): " + e.Kept + "\n"
+	}
+	return machine.DetailWith(e.Guest(), e.Logs, extra)
+}
+
+// HintText is what to do next, when known: the build's own hint, else the
+// guest's.
+func (e *Error) HintText() string {
+	if e.Hint != "" {
+		return e.Hint
+	}
+	if ge := e.Guest(); ge != nil {
+		return ge.Hint
+	}
+	return ""
+}

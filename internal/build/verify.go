@@ -2,7 +2,6 @@ package build
 
 import (
 	"context"
-	"errors"
 	"path/filepath"
 	"strconv"
 
@@ -32,10 +31,9 @@ func (b *builder) verify(ctx context.Context) (map[string]string, error) {
 		QEMU:      b.opts.QEMU,
 		Name:      "emu-verify-" + b.opts.Stack.Name,
 	})
-	var ve *machine.BootError
-	if errors.As(err, &ve) {
-		return nil, &Error{Stage: "verify", Step: ve.Service, Err: ve.Err, Tail: ve.Tail, TailFrom: ve.TailFrom, Logs: ve.Logs,
-			Hint: "the image's services did not all come up; the previous bundle is untouched"}
+	if ge := machine.AsGuestError(err); ge != nil {
+		ge.Op = ""
+		return nil, &Error{Stage: "verify", Err: ge, Hint: "the image's services did not all come up; the previous bundle is untouched"}
 	}
 	if err != nil {
 		return nil, err

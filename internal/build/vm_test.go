@@ -23,6 +23,7 @@ import (
 	"github.com/emu-dev/emu/internal/bundle"
 	"github.com/emu-dev/emu/internal/disk"
 	"github.com/emu-dev/emu/internal/event"
+	"github.com/emu-dev/emu/internal/machine"
 	"github.com/emu-dev/emu/internal/qemu"
 	"github.com/emu-dev/emu/internal/spec"
 	"github.com/emu-dev/emu/internal/store"
@@ -175,6 +176,16 @@ func buildErr(t *testing.T, err error) *build.Error {
 	return be
 }
 
+// guestErr is the guest failure behind a build error.
+func guestErr(t *testing.T, be *build.Error) *machine.GuestError {
+	t.Helper()
+	ge := be.Guest()
+	if ge == nil {
+		t.Fatalf("Build error = %v, want a guest failure in it", be)
+	}
+	return ge
+}
+
 func TestVMBuildSucceeds(t *testing.T) {
 	const secret = "s3cret-6c1f0e9a-never-in-the-image"
 	s := tinyStack(t, "tiny-ok", `
@@ -285,11 +296,12 @@ func TestVMStepFails(t *testing.T) {
 	_, err := build.Build(context.Background(), e.opts)
 	took := time.Since(start)
 	be := buildErr(t, err)
-	if be.Step != "boom" || be.Code == nil || *be.Code != 3 {
-		t.Errorf("error step=%q code=%v, want boom and 3: %v", be.Step, be.Code, err)
+	ge := guestErr(t, be)
+	if be.Step() != "boom" || ge.Code == nil || *ge.Code != 3 {
+		t.Errorf("error step=%q code=%v, want boom and 3: %v", be.Step(), ge.Code, err)
 	}
-	if len(be.Tail) != event.TailLines || be.Tail[len(be.Tail)-1] != "about to fail" {
-		t.Errorf("tail has %d lines, last %q; want %d ending with the failure", len(be.Tail), be.Tail[len(be.Tail)-1], event.TailLines)
+	if len(ge.Tail) != event.TailLines || ge.Tail[len(ge.Tail)-1] != "about to fail" {
+		t.Errorf("tail has %d lines, last %q; want %d ending with the failure", len(ge.Tail), ge.Tail[len(ge.Tail)-1], event.TailLines)
 	}
 	if len(be.Logs) == 0 {
 		t.Errorf("no log paths in the error")
@@ -320,7 +332,7 @@ func TestVMStepTimeout(t *testing.T) {
 	e := newEnv(t, s)
 	_, err := build.Build(context.Background(), e.opts)
 	be := buildErr(t, err)
-	if be.Step != "hang" || !strings.Contains(err.Error(), "timed out") {
+	if be.Step() != "hang" || !strings.Contains(err.Error(), "timed out") {
 		t.Errorf("error = %v, want step hang timed out", err)
 	}
 	e.checkAftermath(t, false)
@@ -335,11 +347,12 @@ func TestVMKernelPanic(t *testing.T) {
 	e.previous(t)
 	_, err := build.Build(context.Background(), e.opts)
 	be := buildErr(t, err)
+	ge := guestErr(t, be)
 	if !strings.Contains(err.Error(), "qemu exited") {
 		t.Errorf("error = %v, want qemu exited", err)
 	}
-	if be.Step != "panic" {
-		t.Errorf("error names step %q, want panic", be.Step)
+	if be.Step() != "panic" {
+		t.Errorf("error names step %q, want panic", be.Step())
 	}
 	t.Logf("error: %v", err)
 	// The panic line may have scrolled out of the tail behind the stack
@@ -347,8 +360,8 @@ func TestVMKernelPanic(t *testing.T) {
 	if want := "the guest kernel crashed: Kernel panic - not syncing: sysrq triggered crash"; !strings.Contains(err.Error(), want) {
 		t.Errorf("error = %v, want it to say %q", err, want)
 	}
-	if len(be.Tail) == 0 || be.TailFrom != "the serial console" {
-		t.Errorf("tail from %q has %d lines, want the serial console's", be.TailFrom, len(be.Tail))
+	if len(ge.Tail) == 0 || ge.TailFrom != "the serial console" {
+		t.Errorf("tail from %q has %d lines, want the serial console's", ge.TailFrom, len(ge.Tail))
 	}
 	e.checkAftermath(t, true)
 }
@@ -369,8 +382,8 @@ func TestVMQEMUKilled(t *testing.T) {
 	}))
 	_, err := build.Build(context.Background(), e.opts)
 	be := buildErr(t, err)
-	if !strings.Contains(err.Error(), "qemu exited") || be.Step != "wait" {
-		t.Errorf("error = %v (step %q), want qemu exited during wait", err, be.Step)
+	if !strings.Contains(err.Error(), "qemu exited") || be.Step() != "wait" {
+		t.Errorf("error = %v (step %q), want qemu exited during wait", err, be.Step())
 	}
 	e.checkAftermath(t, false)
 }
@@ -626,10 +639,11 @@ func TestVMVerifyFails(t *testing.T) {
 	e.previous(t)
 	_, err := build.Build(context.Background(), e.opts)
 	be := buildErr(t, err)
+	ge := guestErr(t, be)
 	if be.Stage != "verify" || !strings.Contains(err.Error(), "qemu exited") {
 		t.Errorf("error = %v (stage %q), want the verify stage to report qemu exiting", err, be.Stage)
 	}
-	if tail := strings.Join(be.Tail, "\n"); !strings.Contains(tail, "broken image") {
+	if tail := strings.Join(ge.Tail, "\n"); !strings.Contains(tail, "broken image") {
 		t.Errorf("console tail does not show the broken boot:\n%s", tail)
 	}
 	e.checkAftermath(t, true)
@@ -645,10 +659,11 @@ func TestVMDiskFull(t *testing.T) {
 	e.previous(t)
 	_, err := build.Build(context.Background(), e.opts)
 	be := buildErr(t, err)
-	if be.Step != "fill" || be.Code == nil || *be.Code == 0 {
-		t.Errorf("error = %v (step %q), want the fill step failing", err, be.Step)
+	ge := guestErr(t, be)
+	if be.Step() != "fill" || ge.Code == nil || *ge.Code == 0 {
+		t.Errorf("error = %v (step %q), want the fill step failing", err, be.Step())
 	}
-	if tail := strings.Join(be.Tail, "\n"); !strings.Contains(tail, "No space left") {
+	if tail := strings.Join(ge.Tail, "\n"); !strings.Contains(tail, "No space left") {
 		t.Errorf("tail does not say the disk is full:\n%s", tail)
 	}
 	e.checkAftermath(t, true)

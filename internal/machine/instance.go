@@ -173,7 +173,7 @@ func Up(ctx context.Context, o UpOptions) (Info, error) {
 	}
 	info, ierr := ReadInfo(inst)
 	if _, err := os.Stat(inst.Overlay()); err == nil && ierr == nil && info.DiskSHA256 != sum {
-		return Info{}, &BootError{Op: "up", Err: fmt.Errorf("the image was rebuilt since this instance's data was created on it: " +
+		return Info{}, &GuestError{Op: "up", Err: fmt.Errorf("the image was rebuilt since this instance's data was created on it: " +
 			"the data (overlay) no longer fits the new image; run `emu reset` to start fresh from the new image")}
 	}
 	if _, err := os.Stat(inst.Overlay()); errors.Is(err, os.ErrNotExist) {
@@ -199,25 +199,51 @@ func Up(ctx context.Context, o UpOptions) (Info, error) {
 		return Info{}, fmt.Errorf("write runtime config: %w", err)
 	}
 	if o.Timeout <= 0 {
-		o.Timeout = time.Duration(float64(3*time.Minute) * max(o.Accel.TimeoutScale, 1))
+		o.Timeout = o.Accel.Scale(ReadyTimeout)
 	}
 	emit := func(e event.Event) {
 		if o.Sink != nil {
 			o.Sink.Emit(e)
 		}
 	}
-	info, err = boot(ctx, o, fwd, emit)
-	if crash := earlyCrash(err); crash != "" && ctx.Err() == nil {
-		// The kernel died before the agent started: nothing of the
-		// stack ran yet. Under TCG that is rare, and another boot works.
-		msg := BootAgain(crash)
-		emit(event.New(event.Log, "", msg))
-		if o.Log != nil {
-			o.Log.Warn(msg, "console", inst.Serial()+".1")
+	// Keep the previous boot's console: the one to read after a failed start.
+	_ = os.Rename(inst.Serial(), inst.Serial()+".1")
+	sess := &Session{
+		Op: "up",
+		Boot: func(ctx context.Context) (Guest, error) {
+			return startInstance(ctx, o, fwd, sum)
+		},
+		Retry:        func() { _ = os.Rename(inst.Serial(), inst.Serial()+".1") },
+		Until:        event.Ready,
+		HelloTimeout: o.Accel.Scale(HelloTimeout),
+		Timeout:      o.Timeout,
+		Emit:         emit,
+		// Not ready: stop it cleanly and keep the data. The agent's
+		// channel takes one client at a time: let go of ours first.
+		Stop: func(ctx context.Context, g Guest) {
+			g.Close()
+			Stop(ctx, inst, o.Log, func(string) {})
+		},
+		Log: o.Log,
+	}
+	err = sess.Run(ctx)
+	if err == nil {
+		info, err = ReadInfo(inst)
+	}
+	if err == nil {
+		info.Timings = sess.Timings()
+		err = writeInfo(inst, info)
+		if err != nil {
+			sess.stop(ctx, sess.Guest())
 		}
-		info, err = boot(ctx, o, fwd, emit)
+	}
+	if g := sess.Guest(); g != nil {
+		g.Close()
 	}
 	if err != nil {
+		if ge := AsGuestError(err); ge != nil {
+			ge.Logs = []string{inst.Serial(), inst.QEMULog()}
+		}
 		emit(event.New(event.Failed, "", err.Error()))
 		return Info{}, err
 	}
@@ -225,14 +251,11 @@ func Up(ctx context.Context, o UpOptions) (Info, error) {
 	return info, nil
 }
 
-// boot starts QEMU on the instance's overlay and waits until every service
-// is healthy. When the guest does not get there, it is stopped cleanly and
-// the data is kept.
-func boot(ctx context.Context, o UpOptions, fwd []qemu.Forward, emit func(event.Event)) (Info, error) {
+// startInstance starts the instance's QEMU, detached, on its overlay, and
+// records its pid and instance.json, so that every later command finds it
+// even while it boots.
+func startInstance(ctx context.Context, o UpOptions, fwd []qemu.Forward, sum string) (*VM, error) {
 	inst := o.Instance
-	// Keep the previous boot's console: the one to read after a failed start.
-	_ = os.Rename(inst.Serial(), inst.Serial()+".1")
-	start := time.Now()
 	vm, err := Start(ctx, Config{
 		Name: "emu-" + inst.Name, Arch: o.Manifest.Arch, VM: o.Manifest.VM, Accel: o.Accel,
 		Kernel:      filepath.Join(o.Bundle, store.BundleKernel),
@@ -250,120 +273,29 @@ func boot(ctx context.Context, o UpOptions, fwd []qemu.Forward, emit func(event.
 		Log:         o.Log,
 	})
 	if err != nil {
-		return Info{}, err
+		return nil, err
 	}
-	defer vm.Close()
-	started := time.Since(start)
 	info := Info{
-		Name: inst.Name, Bundle: o.Bundle, DiskSHA256: o.Manifest.Files[store.BundleDisk].SHA256, Accel: string(o.Accel.Accel),
-		TimeoutScale: o.Accel.TimeoutScale, Ports: o.Ports, Started: start.UTC(), PID: vm.Proc.Pid,
+		Name: inst.Name, Bundle: o.Bundle, DiskSHA256: sum, Accel: string(o.Accel.Accel),
+		TimeoutScale: o.Accel.TimeoutScale, Ports: o.Ports, Started: time.Now().UTC(), PID: vm.Proc.Pid,
 	}
 	if err := writePID(inst.PID(), vm.Proc.Pid); err != nil {
 		vm.Stop(context.WithoutCancel(ctx), 5*time.Second)
-		return Info{}, fmt.Errorf("write pid file: %w", err)
+		return nil, fmt.Errorf("write pid file: %w", err)
 	}
 	if err := writeInfo(inst, info); err != nil {
 		vm.Stop(context.WithoutCancel(ctx), 5*time.Second)
-		return Info{}, fmt.Errorf("write instance state: %w", err)
+		return nil, fmt.Errorf("write instance state: %w", err)
 	}
-	t, err := waitReady(ctx, vm, o.Timeout, emit)
-	t.Start = started
-	if err == nil {
-		t.Ready = time.Since(start)
-		info.Timings = t
-		err = writeInfo(inst, info)
-	}
-	if err != nil {
-		// Not ready: stop it cleanly, keep the data, report why. The agent's
-		// channel takes one client at a time: let go of ours first.
-		vm.Close()
-		Stop(context.WithoutCancel(ctx), inst, o.Log, func(string) {})
-		var ue *BootError
-		if errors.As(err, &ue) {
-			ue.Logs = []string{inst.Serial(), inst.QEMULog()}
-			ue.hello = t.Hello > 0
-		}
-		return Info{}, err
-	}
-	return info, nil
+	return vm, nil
 }
 
-// earlyCrash is the kernel's crash line when err is a guest whose kernel
-// crashed before the agent said hello, else "".
-func earlyCrash(err error) string {
-	var be *BootError
-	if errors.As(err, &be) && !be.hello {
-		return be.Crash
-	}
-	return ""
-}
-
-// waitReady follows the agent's events until every service is healthy. The
-// timings it returns count from its own start.
-func waitReady(ctx context.Context, vm *VM, timeout time.Duration, emit func(event.Event)) (Timings, error) {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	var t Timings
-	begin := time.Now()
-	var status event.Status
-	for {
-		select {
-		case e, ok := <-vm.Events:
-			if !ok {
-				return t, consoleError(vm, vm.Gone("every service was healthy"))
-			}
-			status = event.Fold(status, e)
-			if !e.Kind.Terminal() {
-				emit(e)
-			}
-			switch e.Kind {
-			case event.Hello:
-				t.Hello = time.Since(begin)
-			case event.Ready:
-				t.Services = time.Since(begin) - t.Hello
-				return t, nil
-			case event.ServiceUnhealthy:
-				ue := &BootError{Op: "up", Service: e.Name, Err: errors.New(e.Msg)}
-				if j := e.Fields["journal"]; j != "" {
-					ue.Tail, ue.TailFrom = command.LastLines(j, 20), "its journal"
-				}
-				return t, ue
-			case event.Failed:
-				if e.Name == "" {
-					return t, consoleError(vm, errors.New(e.Msg))
-				}
-				return t, &BootError{Op: "up", Service: e.Name, Err: errors.New(e.Msg)}
-			}
-		case <-vm.Proc.Done():
-			return t, consoleError(vm, vm.Gone("every service was healthy"))
-		case <-ctx.Done():
-			ue := consoleError(vm, fmt.Errorf("not ready within %s: %w", timeout, ctx.Err()))
-			for _, it := range status.Services {
-				if it.State != event.Healthy {
-					ue.Service = it.Name
-					break
-				}
-			}
-			return t, ue
-		}
-	}
-}
-
-// failedService names the service a BootError is about, if any.
+// failedService names the service a guest failure is about, if any.
 func failedService(err error) string {
-	var be *BootError
-	if errors.As(err, &be) {
-		return be.Service
+	if ge := AsGuestError(err); ge != nil {
+		return ge.Service
 	}
 	return ""
-}
-
-func consoleError(vm *VM, err error) *BootError {
-	ue := &BootError{Op: "up", Err: err}
-	if c, rerr := ReadConsole(vm.SerialPath, 30); rerr == nil {
-		ue.Err, ue.Tail, ue.TailFrom, ue.Crash = c.Explain(err), c.Tail, "the serial console", c.Crash
-	}
-	return ue
 }
 
 // Stop shuts the instance down, each way tried only when the one before
@@ -376,14 +308,13 @@ func Stop(ctx context.Context, inst store.Instance, log *slog.Logger, say func(s
 		return err
 	}
 	info, _ := ReadInfo(inst)
-	scale := max(info.TimeoutScale, 1)
-	exited := func(d time.Duration) bool { return waitExit(ctx, pid, time.Duration(float64(d)*scale)) }
+	exited := func(d time.Duration) bool { return waitExit(ctx, pid, accel.Scale(d, info.TimeoutScale)) }
 	defer clearRuntime(inst)
 
 	say("asking the guest agent to shut down")
 	if vm, err := Connect(ctx, inst.Agent()); err == nil {
 		serr := vm.Send(event.Request{Op: event.OpShutdown})
-		if serr == nil && exited(30*time.Second) {
+		if serr == nil && exited(PowerOffTimeout) {
 			vm.Close()
 			say("guest powered off")
 			return nil
@@ -455,21 +386,12 @@ func AgentStatus(ctx context.Context, sock string, d time.Duration) (event.Statu
 	if err := vm.Send(event.Request{Op: event.OpStatus}); err != nil {
 		return st, err
 	}
-	for {
-		select {
-		case e, ok := <-vm.Events:
-			if !ok {
-				return st, nil
-			}
-			st = event.Fold(st, e)
-			if e.Kind == event.Ready {
-				return st, nil
-			}
-		case <-ctx.Done():
-			if st.Hello == nil {
-				return st, fmt.Errorf("the agent did not answer within %s (another emu command may hold its channel)", d)
-			}
-			return st, nil
-		}
+	end, _ := follow(ctx, vm, nil, func(e event.Event) (bool, error) {
+		st = event.Fold(st, e)
+		return e.Kind == event.Ready, nil
+	})
+	if end == endCtx && st.Hello == nil {
+		return st, fmt.Errorf("the agent did not answer within %s (another emu command may hold its channel)", d)
 	}
+	return st, nil
 }

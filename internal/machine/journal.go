@@ -34,27 +34,29 @@ func Journal(ctx context.Context, sock, service string, lines int, cursor string
 	if err := vm.Send(event.Request{Op: event.OpLogs, Service: service, Lines: lines, Cursor: cursor, ID: id}); err != nil {
 		return page, err
 	}
-	for {
-		select {
-		case e, ok := <-vm.Events:
-			if !ok {
-				return page, errors.New("the agent's channel closed before the journal ended")
-			}
-			// An answer queued for an earlier connection has another
-			// request's ID; an older agent sends none.
-			if e.Kind != event.Log || e.Name != service || (e.Fields["req"] != "" && e.Fields["req"] != id) {
-				continue
-			}
-			if e.Fields["end"] == "true" {
-				if msg := e.Fields["error"]; msg != "" {
-					return page, errors.New(msg)
-				}
-				page.Cursor, page.Cursors = e.Fields["cursor"]
-				return page, nil
-			}
-			page.Lines = append(page.Lines, e.Msg)
-		case <-ctx.Done():
-			return page, fmt.Errorf("fetch journal of %s: %w", service, ctx.Err())
+	var jerr error
+	end, _ := follow(ctx, vm, nil, func(e event.Event) (bool, error) {
+		// An answer queued for an earlier connection has another
+		// request's ID; an older agent sends none.
+		if e.Kind != event.Log || e.Name != service || (e.Fields["req"] != "" && e.Fields["req"] != id) {
+			return false, nil
 		}
+		if e.Fields["end"] == "true" {
+			if msg := e.Fields["error"]; msg != "" {
+				jerr = errors.New(msg)
+				return true, nil
+			}
+			page.Cursor, page.Cursors = e.Fields["cursor"]
+			return true, nil
+		}
+		page.Lines = append(page.Lines, e.Msg)
+		return false, nil
+	})
+	switch end {
+	case endClosed:
+		return page, errors.New("the agent's channel closed before the journal ended")
+	case endCtx:
+		return page, fmt.Errorf("fetch journal of %s: %w", service, ctx.Err())
 	}
+	return page, jerr
 }

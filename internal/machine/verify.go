@@ -3,7 +3,6 @@ package machine
 import (
 	"cmp"
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -37,6 +36,18 @@ type VerifyOptions struct {
 	Name string
 }
 
+// Guest-side allowances, before scaling for the accelerator
+// (accel.Choice.Scale).
+const (
+	// HelloTimeout: QEMU's start to the agent's hello.
+	HelloTimeout = 45 * time.Second
+	// ReadyTimeout: QEMU's start to every service healthy.
+	ReadyTimeout = 3 * time.Minute
+	// PowerOffTimeout: the agent's done or a shutdown request to QEMU's
+	// exit, before QEMU is stopped.
+	PowerOffTimeout = 30 * time.Second
+)
+
 // Timings split a boot check.
 type Timings struct {
 	Start    time.Duration `json:"qemu_start_ns"` // QEMU started and channel connected
@@ -44,45 +55,6 @@ type Timings struct {
 	Services time.Duration `json:"services_ns"`   // hello to every service healthy
 	Ready    time.Duration `json:"ready_ns"`      // total: start to ready
 	PowerOff time.Duration `json:"power_off_ns,omitempty"`
-}
-
-// BootError is a guest that did not become ready: in a boot check or in
-// emu up. Tail is the failing service's journal or the serial console.
-type BootError struct {
-	Op       string // "verify" or "up"
-	Err      error
-	Service  string
-	Tail     []string
-	TailFrom string
-	Logs     []string
-	// Crash is the guest kernel's crash line, when the console has one.
-	Crash string
-	// hello: the agent had said hello (the boot got that far).
-	hello bool
-}
-
-func (e *BootError) Error() string {
-	if e.Service != "" {
-		return fmt.Sprintf("%s: service %s: %v", e.Op, e.Service, e.Err)
-	}
-	return e.Op + ": " + e.Err.Error()
-}
-
-func (e *BootError) Unwrap() error { return e.Err }
-
-// Detail lists the tail and the logs.
-func (e *BootError) Detail() string {
-	s := ""
-	if len(e.Tail) > 0 {
-		s += fmt.Sprintf("last %d lines of %s:\n", len(e.Tail), e.TailFrom)
-		for _, l := range e.Tail {
-			s += "  | " + l + "\n"
-		}
-	}
-	for _, l := range e.Logs {
-		s += "log: " + l + "\n"
-	}
-	return s
 }
 
 // Verify boots the bundle on a throwaway overlay, waits for the agent's
@@ -94,7 +66,7 @@ func Verify(ctx context.Context, opts VerifyOptions) (Timings, error) {
 		return t, err
 	}
 	if opts.Timeout <= 0 {
-		opts.Timeout = time.Duration(float64(3*time.Minute) * max(opts.Accel.TimeoutScale, 1))
+		opts.Timeout = opts.Accel.Scale(ReadyTimeout)
 	}
 	emit := func(e event.Event) {
 		if opts.Sink != nil {
@@ -123,90 +95,47 @@ func Verify(ctx context.Context, opts VerifyOptions) (Timings, error) {
 	} else if err := os.MkdirAll(logDir, 0o755); err != nil {
 		return t, err
 	}
-	ctx, cancel := context.WithTimeout(ctx, opts.Timeout)
-	defer cancel()
-
 	start := time.Now()
 	emit(event.New(event.StageStart, "boot", man.Name))
 	serial := filepath.Join(logDir, store.SerialLog)
-	var vm *VM
-	var ready Timings
-	for attempt := 1; ; attempt++ {
-		vm, err = Start(ctx, Config{
-			Name: cmp.Or(opts.Name, "emu-verify-"+man.Name), Arch: man.Arch, VM: man.VM, Accel: opts.Accel,
-			Kernel:  filepath.Join(opts.Bundle, store.BundleKernel),
-			Initrd:  filepath.Join(opts.Bundle, store.BundleInitrd),
-			Cmdline: man.Cmdline,
-			Drive:   qemu.Drive{Path: overlay, Format: "qcow2", Discard: true, Cache: "unsafe"},
-			Serial:  serial,
-			Output:  filepath.Join(logDir, store.QEMULog),
-			QEMU:    opts.QEMU, Log: opts.Log,
-		})
-		if err != nil {
-			emit(event.New(event.Failed, "", err.Error()))
-			return t, err
-		}
-		defer vm.Stop(context.WithoutCancel(ctx), 5*time.Second)
-		t.Start = time.Since(start)
-		ready, err = waitReady(ctx, vm, opts.Timeout, emit)
-		var be *BootError
-		if errors.As(err, &be) {
-			be.hello = ready.Hello > 0
-		}
-		crash := earlyCrash(err)
-		if attempt > 1 || crash == "" || ctx.Err() != nil {
-			break
-		}
-		// As emu up does: a kernel that died before the agent started
-		// ran nothing of the image; under TCG the next boot works.
-		emit(event.New(event.Log, "", BootAgain(crash)))
-		vm.Stop(context.WithoutCancel(ctx), 5*time.Second)
-		_ = os.Rename(serial, serial+".1")
+	sess := &Session{
+		Op: "verify",
+		Boot: func(ctx context.Context) (Guest, error) {
+			return Start(ctx, Config{
+				Name: cmp.Or(opts.Name, "emu-verify-"+man.Name), Arch: man.Arch, VM: man.VM, Accel: opts.Accel,
+				Kernel:  filepath.Join(opts.Bundle, store.BundleKernel),
+				Initrd:  filepath.Join(opts.Bundle, store.BundleInitrd),
+				Cmdline: man.Cmdline,
+				Drive:   qemu.Drive{Path: overlay, Format: "qcow2", Discard: true, Cache: "unsafe"},
+				Serial:  serial,
+				Output:  filepath.Join(logDir, store.QEMULog),
+				QEMU:    opts.QEMU, Log: opts.Log,
+			})
+		},
+		Retry:        func() { _ = os.Rename(serial, serial+".1") },
+		Until:        event.Ready,
+		HelloTimeout: opts.Accel.Scale(HelloTimeout),
+		Timeout:      opts.Timeout,
+		Emit:         emit,
+		Log:          opts.Log,
 	}
-	if err != nil {
-		var be *BootError
-		if errors.As(err, &be) {
-			be.Op = "verify"
-			if opts.LogDir != "" {
-				be.Logs = []string{vm.SerialPath}
-			}
+	if err := sess.Run(ctx); err != nil {
+		if ge := AsGuestError(err); ge != nil && opts.LogDir != "" {
+			ge.Logs = []string{serial}
 		}
 		emit(event.New(event.Failed, failedService(err), err.Error()))
 		return t, err
 	}
-	t.Hello, t.Services = ready.Hello, ready.Services
+	t = sess.Timings()
 	t.Ready = time.Since(start)
 	emit(event.New(event.StageDone, "boot", "every service healthy"))
 
-	off := time.Now()
-	if err := vm.Send(event.Request{Op: event.OpShutdown}); err != nil {
+	off, err := sess.Shutdown(ctx, opts.Accel.Scale(PowerOffTimeout))
+	t.PowerOff = off
+	if err != nil {
 		emit(event.New(event.Failed, "", err.Error()))
 		return t, err
 	}
-	wait := time.NewTimer(time.Duration(float64(60*time.Second) * max(opts.Accel.TimeoutScale, 1)))
-	defer wait.Stop()
-	for done := false; !done; {
-		select {
-		case e, ok := <-vm.Events:
-			if ok {
-				if !e.Kind.Terminal() {
-					emit(e)
-				}
-				continue
-			}
-			<-vm.Proc.Done()
-			done = true
-		case <-vm.Proc.Done():
-			done = true
-		case <-wait.C:
-			emit(event.New(event.Log, "", "guest did not power off in time; stopping qemu"))
-			done = true
-		case <-ctx.Done():
-			done = true
-		}
-	}
-	vm.Stop(context.WithoutCancel(ctx), 5*time.Second)
-	t.PowerOff = time.Since(off)
 	emit(event.New(event.Done, man.Name, "verified"))
 	return t, nil
 }

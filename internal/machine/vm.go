@@ -55,9 +55,9 @@ type Config struct {
 type VM struct {
 	Proc       *qemu.Process
 	SerialPath string
-	// Events delivers the agent's events; it is closed when the channel to
-	// the agent ends (QEMU exited, or the stream broke).
-	Events <-chan event.Event
+	// events delivers the agent's events; it is closed when the channel
+	// to the agent ends (QEMU exited, or the stream broke).
+	events <-chan event.Event
 	// StreamErr is why Events closed, once it has.
 	streamErr error
 
@@ -152,7 +152,7 @@ func Connect(ctx context.Context, addr string) (*VM, error) {
 		return nil, fmt.Errorf("connect to agent channel %s: %w", addr, err)
 	}
 	events := make(chan event.Event, 256)
-	vm := &VM{Events: events, conn: conn}
+	vm := &VM{events: events, conn: conn}
 	go vm.read(events)
 	return vm, nil
 }
@@ -195,6 +195,30 @@ func (vm *VM) read(events chan<- event.Event) {
 	}
 }
 
+// Events delivers the agent's events; it is closed when the channel to
+// the agent ends (QEMU exited, or the stream broke).
+func (vm *VM) Events() <-chan event.Event { return vm.events }
+
+// Exited is closed once QEMU has exited; it never is for a guest this
+// process did not start (Connect).
+func (vm *VM) Exited() <-chan struct{} {
+	if vm.Proc == nil {
+		return nil
+	}
+	return vm.Proc.Done()
+}
+
+// ExitErr is how QEMU ended, once Exited is closed.
+func (vm *VM) ExitErr() error {
+	if vm.Proc == nil || !vm.Proc.Exited() {
+		return nil
+	}
+	return vm.Proc.Wait()
+}
+
+// Console is the serial console's log file.
+func (vm *VM) Console() string { return vm.SerialPath }
+
 // Send writes one request to the agent.
 func (vm *VM) Send(r event.Request) error {
 	b, err := event.EncodeRequest(r)
@@ -234,24 +258,6 @@ func randomID() string {
 		panic(errors.Join(errors.New("crypto/rand"), err))
 	}
 	return hex.EncodeToString(b)
-}
-
-// Gone explains an agent channel that closed without a verdict: QEMU
-// usually exits a moment later (a guest panic, a power-off), and saying so
-// is clearer than the channel's end.
-func (vm *VM) Gone(what string) error {
-	if vm.Proc == nil {
-		return fmt.Errorf("the agent's channel closed before %s", what)
-	}
-	select {
-	case <-vm.Proc.Done():
-	case <-time.After(3 * time.Second):
-		return fmt.Errorf("the agent's channel closed before %s", what)
-	}
-	if err := vm.Proc.Wait(); err != nil {
-		return fmt.Errorf("qemu exited before %s (%v)", what, err)
-	}
-	return fmt.Errorf("qemu exited before %s", what)
 }
 
 // tbSize is EMU_TCG_TB_SIZE: TCG's translation cache in MiB, for a stack

@@ -158,7 +158,14 @@ func TestVMUpInterrupted(t *testing.T) {
 	inst := home.Instance(man.Name)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	t.Cleanup(func() {
+		if pid, err := machine.RunningPID(inst); err == nil {
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+	})
 	// Ctrl-C while waiting for the guest: it is stopped, nothing is left.
+	// The tiny guest has no services, so ready follows hello at once: the
+	// interrupt must win over a ready already queued.
 	sink := event.SinkFunc(func(e event.Event) {
 		if e.Kind == event.Hello {
 			cancel()
@@ -208,9 +215,9 @@ func TestVMUpKernelCrash(t *testing.T) {
 	if want := "the guest kernel crashed: Kernel panic - not syncing: VFS: Unable to mount root fs"; !strings.Contains(err.Error(), want) {
 		t.Errorf("Up = %v, want it to say %q", err, want)
 	}
-	var be *machine.BootError
+	var be *machine.GuestError
 	if !errors.As(err, &be) || len(be.Tail) == 0 {
-		t.Errorf("Up = %#v, want a BootError with the console's tail", err)
+		t.Errorf("Up = %#v, want a GuestError with the console's tail", err)
 	}
 	if _, err := machine.RunningPID(inst); !errors.Is(err, machine.ErrNotRunning) {
 		t.Errorf("RunningPID after a crashed up = %v", err)
