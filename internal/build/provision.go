@@ -119,4 +119,3 @@ func provisionRequest(s *spec.Stack, ids map[string]string) event.Request {
 	req.Volumes = guest.Volumes(s)
 	return req
 }
-
