@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/emu-dev/emu/internal/agent"
+	"github.com/emu-dev/emu/internal/proto"
 )
 
 var version = "dev"
@@ -31,12 +32,12 @@ func main() {
 }
 
 func run(ctx context.Context) error {
-	cfg, err := agent.LoadConfig(agent.ConfigPath)
+	cfg, err := agent.LoadConfig(proto.ConfigPath)
 	if err != nil {
 		return err
 	}
 	wctx, cancel := context.WithTimeout(ctx, 60*time.Second)
-	dev, err := agent.WaitPort(wctx, agent.PortName)
+	dev, err := agent.WaitPort(wctx, proto.PortName)
 	cancel()
 	if err != nil {
 		return err
@@ -48,7 +49,7 @@ func run(ctx context.Context) error {
 	defer port.Close()
 	opts := agent.Options{
 		Config:   cfg,
-		Mode:     agent.Mode(cmdlineParam("emu.mode", string(agent.Run))),
+		Mode:     proto.Mode(cmdlineParam("emu.mode", string(proto.Run))),
 		Conn:     port,
 		Console:  os.Stderr,
 		PowerOff: agent.PowerOff,
@@ -58,7 +59,7 @@ func run(ctx context.Context) error {
 		opts.System = agent.Systemd{}
 		opts.Setup = agent.SetupRuntime
 	}
-	if _, err := os.Stat(agent.PodmanPath); err == nil {
+	if _, err := os.Stat(proto.PodmanPath); err == nil {
 		opts.Engine = agent.Podman{}
 	}
 	return agent.Start(ctx, opts)

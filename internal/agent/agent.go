@@ -11,22 +11,13 @@ import (
 	"time"
 
 	"github.com/emu-dev/emu/internal/event"
-)
-
-// Mode is what the agent was booted for.
-type Mode string
-
-const (
-	// Provision: wait for the host's bake request, run it, slim, power off.
-	Provision Mode = "provision"
-	// Run: start the services, report health, serve requests until shutdown.
-	Run Mode = "run"
+	"github.com/emu-dev/emu/internal/proto"
 )
 
 // Options configure one agent run.
 type Options struct {
-	Config Config
-	Mode   Mode
+	Config proto.Config
+	Mode   proto.Mode
 	// Conn is the host channel (the virtio-serial port).
 	Conn io.ReadWriter
 	// Console receives a copy of every event, one human line each.
@@ -79,7 +70,7 @@ const outBuffer = 4096
 // request was served. It returns the error that ended the run, if any.
 func Start(ctx context.Context, opts Options) error {
 	if opts.Mode == "" {
-		opts.Mode = Run
+		opts.Mode = proto.Run
 	}
 	if len(opts.TrimPaths) == 0 {
 		opts.TrimPaths = []string{"/"}
@@ -88,7 +79,7 @@ func Start(ctx context.Context, opts Options) error {
 		opts.SlimDefaults = DefaultSlim
 	}
 	if opts.OptimizeDir == "" {
-		opts.OptimizeDir = OptimizeDir
+		opts.OptimizeDir = proto.OptimizeDir
 	}
 	a := &Agent{
 		opts:    opts,
@@ -97,17 +88,17 @@ func Start(ctx context.Context, opts Options) error {
 		replay:  map[string]event.Event{},
 	}
 	go a.writeLoop()
-	reqs := make(chan event.Request)
+	reqs := make(chan proto.Request)
 	go a.readLoop(ctx, reqs)
 
 	a.emit(event.New(event.Hello, opts.Config.Stack, "agent up").
-		With("mode", string(opts.Mode)).With("version", opts.Version))
+		With(proto.FieldMode, string(opts.Mode)).With(proto.FieldVersion, opts.Version))
 
 	var err error
 	switch opts.Mode {
-	case Provision:
+	case proto.Provision:
 		err = a.provision(ctx, reqs)
-	case Run:
+	case proto.Run:
 		err = a.serve(ctx, reqs)
 	default:
 		err = fmt.Errorf("unknown agent mode %q", opts.Mode)
@@ -121,7 +112,7 @@ func Start(ctx context.Context, opts Options) error {
 	case <-a.flushed:
 	case <-time.After(5 * time.Second):
 	}
-	if opts.PowerOff != nil && (err == nil || opts.Mode == Provision) {
+	if opts.PowerOff != nil && (err == nil || opts.Mode == proto.Provision) {
 		if perr := opts.PowerOff(); perr != nil {
 			return errors.Join(err, fmt.Errorf("power off: %w", perr))
 		}
@@ -177,14 +168,14 @@ func (a *Agent) writeLoop() {
 // readLoop decodes requests from the host. A virtio-serial port reads EOF
 // while no host is connected, and the driver offers nothing to wait on
 // for a connection, so the loop retries at a short interval then.
-func (a *Agent) readLoop(ctx context.Context, reqs chan<- event.Request) {
+func (a *Agent) readLoop(ctx context.Context, reqs chan<- proto.Request) {
 	br := bufio.NewReaderSize(a.opts.Conn, 64*1024)
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
 	for {
 		line, err := br.ReadBytes('\n')
 		if len(line) > 0 && line[len(line)-1] == '\n' {
-			r, perr := event.ParseRequest(line)
+			r, perr := proto.ParseRequest(line)
 			if perr != nil {
 				a.emit(event.New(event.Log, "", perr.Error()))
 				continue
@@ -219,22 +210,22 @@ func (a *Agent) fail(name string, err error) error {
 }
 
 // provision waits for the bake request, runs it, and slims the system.
-func (a *Agent) provision(ctx context.Context, reqs <-chan event.Request) error {
-	var req event.Request
+func (a *Agent) provision(ctx context.Context, reqs <-chan proto.Request) error {
+	var req proto.Request
 	for {
 		select {
 		case <-ctx.Done():
 			return a.fail("", fmt.Errorf("wait for provision request: %w", ctx.Err()))
 		case req = <-reqs:
 		}
-		if req.Op == event.OpProvision {
+		if req.Op == proto.OpProvision {
 			break
 		}
 		a.emit(event.New(event.Log, "", fmt.Sprintf("ignoring %s request while waiting to provision", req.Op)))
 	}
 	// Before the services: they run the binaries chosen here.
 	if err := a.optimize(ctx, req.Optimize); err != nil {
-		return a.fail(OptimizeStage, err)
+		return a.fail(proto.OptimizeStage, err)
 	}
 	if a.opts.Setup != nil {
 		// No runtime config at build time: this writes the (empty) env
@@ -244,10 +235,10 @@ func (a *Agent) provision(ctx context.Context, reqs <-chan event.Request) error 
 		}
 	}
 	if err := a.loadImages(ctx, req.Images); err != nil {
-		return a.fail(LoadStage, err)
+		return a.fail(proto.LoadStage, err)
 	}
 	if err := a.createVolumes(ctx, req.Volumes); err != nil {
-		return a.fail(LoadStage, err)
+		return a.fail(proto.LoadStage, err)
 	}
 	if svcs := subset(a.opts.Config.Services, req.Services); len(svcs) > 0 {
 		a.emit(event.New(event.StageStart, "services", "start services for the bake"))
@@ -287,7 +278,7 @@ func (a *Agent) provision(ctx context.Context, reqs <-chan event.Request) error 
 
 // routeAcks passes the host's OpAck IDs on while the bake runs; any other
 // request is answered with a log line, as before the provision request.
-func routeAcks(ctx context.Context, reqs <-chan event.Request, a *Agent) <-chan string {
+func routeAcks(ctx context.Context, reqs <-chan proto.Request, a *Agent) <-chan string {
 	acks := make(chan string, 16)
 	go func() {
 		for {
@@ -295,7 +286,7 @@ func routeAcks(ctx context.Context, reqs <-chan event.Request, a *Agent) <-chan 
 			case <-ctx.Done():
 				return
 			case r := <-reqs:
-				if r.Op != event.OpAck {
+				if r.Op != proto.OpAck {
 					a.emit(event.New(event.Log, "", fmt.Sprintf("ignoring %s request while provisioning", r.Op)))
 					continue
 				}
@@ -311,7 +302,7 @@ func routeAcks(ctx context.Context, reqs <-chan event.Request, a *Agent) <-chan 
 }
 
 // serve starts the services and answers requests until a shutdown.
-func (a *Agent) serve(ctx context.Context, reqs <-chan event.Request) error {
+func (a *Agent) serve(ctx context.Context, reqs <-chan proto.Request) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	go func() {
@@ -330,18 +321,18 @@ func (a *Agent) serve(ctx context.Context, reqs <-chan event.Request) error {
 		a.watch(ctx)
 	}()
 	for {
-		var req event.Request
+		var req proto.Request
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
 		case req = <-reqs:
 		}
 		switch req.Op {
-		case event.OpStatus:
+		case proto.OpStatus:
 			a.replayStatus()
-		case event.OpLogs:
+		case proto.OpLogs:
 			a.sendJournal(ctx, req)
-		case event.OpShutdown:
+		case proto.OpShutdown:
 			cancel()
 			a.stopServices(context.Background())
 			a.emit(event.New(event.Done, "", "shutting down"))
@@ -376,12 +367,12 @@ func (a *Agent) replayStatus() {
 
 // subset returns the services named in names, in their start order, with
 // dependencies on services outside the subset dropped.
-func subset(all []Service, names []string) []Service {
+func subset(all []proto.Service, names []string) []proto.Service {
 	in := map[string]bool{}
 	for _, n := range names {
 		in[n] = true
 	}
-	var out []Service
+	var out []proto.Service
 	for _, s := range all {
 		if !in[s.Name] {
 			continue
@@ -409,9 +400,9 @@ func failedName(err error) string {
 // sendJournal answers OpLogs with the service's journal, one log event a
 // line, the last marked "end" with the cursor after them. Every event
 // carries the request's ID.
-func (a *Agent) sendJournal(ctx context.Context, req event.Request) {
+func (a *Agent) sendJournal(ctx context.Context, req proto.Request) {
 	name := req.Service
-	end := event.New(event.Log, name, "").With("end", "true").With("req", req.ID)
+	end := event.New(event.Log, name, "").With(proto.FieldEnd, "true").With(proto.FieldReq, req.ID)
 	var unit string
 	for _, s := range a.opts.Config.Services {
 		if s.Name == name {
@@ -420,27 +411,27 @@ func (a *Agent) sendJournal(ctx context.Context, req event.Request) {
 	}
 	switch {
 	case unit == "":
-		a.emit(end.With("error", fmt.Sprintf("no service %q", name)))
+		a.emit(end.With(proto.FieldError, fmt.Sprintf("no service %q", name)))
 		return
 	case a.opts.System == nil:
-		a.emit(end.With("error", "no journal in this guest"))
+		a.emit(end.With(proto.FieldError, "no journal in this guest"))
 		return
 	}
 	lines := req.Lines
 	switch {
 	case lines <= 0 && req.Cursor == "":
 		lines = 200
-	case lines <= 0 || lines > event.MaxJournalLines:
-		lines = event.MaxJournalLines
+	case lines <= 0 || lines > proto.MaxJournalLines:
+		lines = proto.MaxJournalLines
 	}
 	jctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	out, cursor, err := a.opts.System.JournalAfter(jctx, unit, req.Cursor, lines)
 	for _, l := range out {
-		a.emit(event.New(event.Log, name, l).With("req", req.ID))
+		a.emit(event.New(event.Log, name, l).With(proto.FieldReq, req.ID))
 	}
 	if err != nil {
-		end = end.With("error", err.Error())
+		end = end.With(proto.FieldError, err.Error())
 	}
-	a.emit(end.With("cursor", cursor))
+	a.emit(end.With(proto.FieldCursor, cursor))
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/emu-dev/emu/internal/event"
+	"github.com/emu-dev/emu/internal/proto"
 )
 
 // wait bounds every wait on the agent: generous, so a slow CI host does not
@@ -197,9 +198,9 @@ func startAgent(t *testing.T, opts Options) *host {
 }
 
 // send writes one request line to the agent.
-func (h *host) send(req event.Request) {
+func (h *host) send(req proto.Request) {
 	h.t.Helper()
-	b, err := event.EncodeRequest(req)
+	b, err := proto.EncodeRequest(req)
 	if err != nil {
 		h.t.Fatal(err)
 	}
@@ -325,9 +326,9 @@ func emitted(a *Agent) []event.Event {
 }
 
 func TestHelloFirst(t *testing.T) {
-	for _, mode := range []Mode{Provision, Run} {
+	for _, mode := range []proto.Mode{proto.Provision, proto.Run} {
 		t.Run(string(mode), func(t *testing.T) {
-			h := startAgent(t, Options{Config: Config{Stack: "demo"}, Mode: mode, Version: "v1.2.3"})
+			h := startAgent(t, Options{Config: proto.Config{Stack: "demo"}, Mode: mode, Version: "v1.2.3"})
 			e := h.next(event.Hello, "")
 			if len(h.got) != 1 {
 				t.Errorf("hello is event %d, want the first: %s", len(h.got), dump(h.got))
@@ -345,8 +346,8 @@ func TestHelloFirst(t *testing.T) {
 
 func TestDefaultModeIsRun(t *testing.T) {
 	h := startAgent(t, Options{})
-	if e := h.next(event.Hello, ""); e.Fields["mode"] != string(Run) {
-		t.Errorf("hello mode = %q, want %q", e.Fields["mode"], Run)
+	if e := h.next(event.Hello, ""); e.Fields[proto.FieldMode] != string(proto.Run) {
+		t.Errorf("hello mode = %q, want %q", e.Fields[proto.FieldMode], proto.Run)
 	}
 }
 
@@ -366,9 +367,9 @@ func TestUnknownMode(t *testing.T) {
 
 func TestConsoleGetsEveryEvent(t *testing.T) {
 	var console syncBuffer
-	h := startAgent(t, Options{Config: Config{Stack: "demo"}, Mode: Run, Console: &console})
+	h := startAgent(t, Options{Config: proto.Config{Stack: "demo"}, Mode: proto.Run, Console: &console})
 	h.next(event.Ready, "")
-	h.send(event.Request{Op: event.OpShutdown})
+	h.send(proto.Request{Op: proto.OpShutdown})
 	h.next(event.Done, "")
 	if err := h.result(); err != nil {
 		t.Fatal(err)
@@ -402,9 +403,9 @@ func TestEmitDropsOldestWhenFull(t *testing.T) {
 // blocked reading the port); what it reads then must not crash the agent
 // by sending on the closed event queue.
 func TestNoEmitAfterStartReturns(t *testing.T) {
-	h := startAgent(t, Options{Mode: Run})
+	h := startAgent(t, Options{Mode: proto.Run})
 	h.next(event.Ready, "")
-	h.send(event.Request{Op: event.OpShutdown})
+	h.send(proto.Request{Op: proto.OpShutdown})
 	h.next(event.Done, "")
 	if err := h.result(); err != nil {
 		t.Fatal(err)
@@ -416,7 +417,7 @@ func TestNoEmitAfterStartReturns(t *testing.T) {
 }
 
 func TestSubset(t *testing.T) {
-	all := []Service{
+	all := []proto.Service{
 		{Name: "db"},
 		{Name: "cache"},
 		{Name: "api", After: []string{"db", "cache"}},
@@ -425,12 +426,12 @@ func TestSubset(t *testing.T) {
 	for _, tc := range []struct {
 		name  string
 		names []string
-		want  []Service
+		want  []proto.Service
 	}{
 		{"none", nil, nil},
 		{"all", []string{"worker", "api", "cache", "db"}, all},
-		{"start order kept, outside deps dropped", []string{"api", "db"}, []Service{{Name: "db"}, {Name: "api", After: []string{"db"}}}},
-		{"unknown names ignored", []string{"nope", "worker"}, []Service{{Name: "worker"}}},
+		{"start order kept, outside deps dropped", []string{"api", "db"}, []proto.Service{{Name: "db"}, {Name: "api", After: []string{"db"}}}},
+		{"unknown names ignored", []string{"nope", "worker"}, []proto.Service{{Name: "worker"}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if diff := cmp.Diff(tc.want, subset(all, tc.names)); diff != "" {

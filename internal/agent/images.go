@@ -12,11 +12,8 @@ import (
 	"time"
 
 	"github.com/emu-dev/emu/internal/event"
+	"github.com/emu-dev/emu/internal/proto"
 )
-
-// LoadStage is the provisioning stage that loads container images into the
-// engine (the host's own "images" stage reads and checks them).
-const LoadStage = "load"
 
 // Engine is the guest's container engine, as the agent needs it.
 type Engine interface {
@@ -31,15 +28,12 @@ type Engine interface {
 	CreateVolume(ctx context.Context, name string) error
 }
 
-// PodmanPath is podman's binary in a Debian guest.
-const PodmanPath = "/usr/bin/podman"
-
 // Podman drives podman; Bin defaults to PodmanPath.
 type Podman struct{ Bin string }
 
 func (p Podman) bin() string {
 	if p.Bin == "" {
-		return PodmanPath
+		return proto.PodmanPath
 	}
 	return p.Bin
 }
@@ -75,23 +69,23 @@ func output(ctx context.Context, name string, args ...string) (string, error) {
 
 // loadImages loads every image source from its disk and checks that each
 // image it should hold is there.
-func (a *Agent) loadImages(ctx context.Context, imgs []event.Image) error {
+func (a *Agent) loadImages(ctx context.Context, imgs []proto.Image) error {
 	if len(imgs) == 0 {
 		return nil
 	}
 	if a.opts.Engine == nil {
 		return fmt.Errorf("load images: no container engine in this guest (the base needs podman)")
 	}
-	a.emit(event.New(event.StageStart, LoadStage, fmt.Sprintf("%d image sources", len(imgs))))
+	a.emit(event.New(event.StageStart, proto.LoadStage, fmt.Sprintf("%d image sources", len(imgs))))
 	start := time.Now()
 	for _, img := range imgs {
 		if err := a.loadImage(ctx, img); err != nil {
-			a.emit(event.New(event.StageFailed, LoadStage, err.Error()))
+			a.emit(event.New(event.StageFailed, proto.LoadStage, err.Error()))
 			return err
 		}
 	}
-	a.emit(event.New(event.StageDone, LoadStage, time.Since(start).Round(time.Millisecond).String()).
-		With("sources", strconv.Itoa(len(imgs))))
+	a.emit(event.New(event.StageDone, proto.LoadStage, time.Since(start).Round(time.Millisecond).String()).
+		With(proto.FieldSources, strconv.Itoa(len(imgs))))
 	return nil
 }
 
@@ -114,7 +108,7 @@ func (a *Agent) createVolumes(ctx context.Context, names []string) error {
 	return nil
 }
 
-func (a *Agent) loadImage(ctx context.Context, img event.Image) error {
+func (a *Agent) loadImage(ctx context.Context, img proto.Image) error {
 	dev, err := findDisk(a.opts.SysBlock, img.Serial)
 	if err != nil {
 		return fmt.Errorf("load image %s: %w", img.Source, err)
@@ -125,7 +119,7 @@ func (a *Agent) loadImage(ctx context.Context, img event.Image) error {
 	if err != nil {
 		return fmt.Errorf("load image %s from %s: %w", img.Source, dev, err)
 	}
-	a.emit(event.New(event.Log, LoadStage, img.Source+": "+strings.ReplaceAll(out, "\n", "; ")))
+	a.emit(event.New(event.Log, proto.LoadStage, img.Source+": "+strings.ReplaceAll(out, "\n", "; ")))
 	for _, id := range img.IDs {
 		if !a.opts.Engine.Has(ctx, id) {
 			return fmt.Errorf("load image %s: image %s is not in the engine after the load", img.Source, id)

@@ -11,6 +11,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/emu-dev/emu/internal/event"
+	"github.com/emu-dev/emu/internal/proto"
 )
 
 // fakeEngine records calls; images holds the IDs a load of each device
@@ -80,8 +81,8 @@ func TestProvisionLoadsImagesAndPrunes(t *testing.T) {
 		have:  map[string]bool{},
 	}
 	sys := &fakeSystem{}
-	cfg := Config{Stack: "demo", Services: []Service{
-		{Name: "api", Unit: "emu-api.service", Health: Health{Exec: []string{"true"}}},
+	cfg := proto.Config{Stack: "demo", Services: []proto.Service{
+		{Name: "api", Unit: "emu-api.service", Health: proto.Health{Exec: []string{"true"}}},
 	}}
 	h, events := provision(t, Options{
 		Config:       cfg,
@@ -89,13 +90,13 @@ func TestProvisionLoadsImagesAndPrunes(t *testing.T) {
 		Engine:       eng,
 		SysBlock:     sysBlock(t, map[string]string{"vdb": "emu-img-0", "vdc": "emu-img-1"}),
 		SlimDefaults: []string{},
-	}, event.Request{
+	}, proto.Request{
 		Services: []string{"api"},
-		Images: []event.Image{
+		Images: []proto.Image{
 			{Serial: "emu-img-0", Source: "images/api.tar", IDs: []string{"sha256:aa"}},
 			{Serial: "emu-img-1", Source: "images/layout", IDs: []string{"sha256:bb", "sha256:cc"}},
 		},
-		Steps:   []event.Step{sh("migrate", "exit 0", t.TempDir())},
+		Steps:   []proto.Step{sh("migrate", "exit 0", t.TempDir())},
 		Prune:   true,
 		Volumes: []string{"data", "uploads"},
 	})
@@ -145,21 +146,21 @@ func TestProvisionImageFailures(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			opts := Options{Config: Config{Stack: "demo"}, SysBlock: sysBlock(t, tt.serials)}
+			opts := Options{Config: proto.Config{Stack: "demo"}, SysBlock: sysBlock(t, tt.serials)}
 			if tt.engine != nil {
 				opts.Engine = tt.engine
 			}
-			h, events := provision(t, opts, event.Request{
-				Images: []event.Image{{Serial: "emu-img-0", Source: "images/api.tar", IDs: []string{"sha256:aa"}}},
-				Steps:  []event.Step{sh("never", "exit 1", t.TempDir())},
+			h, events := provision(t, opts, proto.Request{
+				Images: []proto.Image{{Serial: "emu-img-0", Source: "images/api.tar", IDs: []string{"sha256:aa"}}},
+				Steps:  []proto.Step{sh("never", "exit 1", t.TempDir())},
 			})
 			err := h.result()
 			if err == nil || !strings.Contains(err.Error(), tt.want) {
 				t.Fatalf("provision error = %v, want %q\n%s", err, tt.want, dump(events))
 			}
 			last := events[len(events)-1]
-			if last.Kind != event.Failed || last.Name != LoadStage {
-				t.Errorf("last event %s %s, want failed %s", last.Kind, last.Name, LoadStage)
+			if last.Kind != event.Failed || last.Name != proto.LoadStage {
+				t.Errorf("last event %s %s, want failed %s", last.Kind, last.Name, proto.LoadStage)
 			}
 			if _, ran := find(events, event.StepStart, "never"); ran {
 				t.Error("a bake step ran after the images failed to load")

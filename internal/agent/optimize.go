@@ -15,31 +15,11 @@ import (
 	"time"
 
 	"github.com/emu-dev/emu/internal/event"
+	"github.com/emu-dev/emu/internal/proto"
 )
-
-// OptimizeDir is where the host puts the optimized copies of files[] with
-// optimize, as OptimizeDir/<index>/<candidate>/<name>. The agent installs
-// one per file and removes the directory before the services start.
-const OptimizeDir = "/var/lib/emu/binopt"
-
-// OptimizeStage names the guest's optimize stage and its per-file log
-// events, which carry the fields dst, chosen, size, verified, reason and
-// checks (a JSON array of Check).
-const OptimizeStage = "optimize"
 
 // DefaultVerifyTimeout bounds one verify run when the request gives none.
 const DefaultVerifyTimeout = 30 * time.Second
-
-// Check is one verify run of one candidate, as the host's report records it.
-type Check struct {
-	Candidate string        `json:"candidate"`
-	OK        bool          `json:"ok"`
-	ExitCode  int           `json:"exit_code"`
-	TimedOut  bool          `json:"timed_out,omitempty"`
-	Output    string        `json:"output,omitempty"` // the last lines
-	Reason    string        `json:"reason,omitempty"` // why it failed
-	Duration  time.Duration `json:"duration"`
-}
 
 // original is the candidate name of the file already at Dst.
 const original = "original"
@@ -57,15 +37,15 @@ func (e *OptimizeError) Error() string {
 
 // optimize installs, for each binary, the first candidate that passes its
 // verify, and reports each choice in one log event.
-func (a *Agent) optimize(ctx context.Context, bins []event.Binary) error {
+func (a *Agent) optimize(ctx context.Context, bins []proto.Binary) error {
 	if len(bins) == 0 {
 		return nil
 	}
-	a.emit(event.New(event.StageStart, OptimizeStage, fmt.Sprintf("verify %d binaries in the guest", len(bins))))
+	a.emit(event.New(event.StageStart, proto.OptimizeStage, fmt.Sprintf("verify %d binaries in the guest", len(bins))))
 	for _, b := range bins {
 		e, err := a.install(ctx, b)
 		if err != nil {
-			a.emit(event.New(event.StageFailed, OptimizeStage, err.Error()))
+			a.emit(event.New(event.StageFailed, proto.OptimizeStage, err.Error()))
 			return err
 		}
 		a.emit(e)
@@ -74,28 +54,28 @@ func (a *Agent) optimize(ctx context.Context, bins []event.Binary) error {
 	filepath.WalkDir(a.opts.OptimizeDir, func(path string, d os.DirEntry, err error) error {
 		if err == nil && d.Type().IsRegular() {
 			if err := wipe(path); err != nil {
-				a.emit(event.New(event.Log, OptimizeStage, err.Error()))
+				a.emit(event.New(event.Log, proto.OptimizeStage, err.Error()))
 			}
 		}
 		return nil
 	})
 	if err := os.RemoveAll(a.opts.OptimizeDir); err != nil {
-		a.emit(event.New(event.Log, OptimizeStage, "remove candidates: "+err.Error()))
+		a.emit(event.New(event.Log, proto.OptimizeStage, "remove candidates: "+err.Error()))
 	}
 	os.Remove(filepath.Dir(a.opts.OptimizeDir)) // only if nothing else is there
-	a.emit(event.New(event.StageDone, OptimizeStage, ""))
+	a.emit(event.New(event.StageDone, proto.OptimizeStage, ""))
 	return nil
 }
 
 // install tries b's candidates in order and renames the first that passes
 // over b.Dst. The original stays when none does, provided it passes itself.
-func (a *Agent) install(ctx context.Context, b event.Binary) (event.Event, error) {
+func (a *Agent) install(ctx context.Context, b proto.Binary) (event.Event, error) {
 	fi, err := os.Stat(b.Dst)
 	if err != nil {
 		return event.Event{}, fmt.Errorf("optimize %s: %w", b.Dst, err)
 	}
 	chosen, size, verified := original, fi.Size(), false
-	var checks []Check
+	var checks []proto.Check
 	var notes []string
 	for _, c := range b.Candidates {
 		if b.Verify != nil {
@@ -147,15 +127,15 @@ func (a *Agent) install(ctx context.Context, b event.Binary) (event.Event, error
 	if reason != "" {
 		msg += ": " + reason
 	}
-	e := event.New(event.Log, OptimizeStage, msg).
-		With("dst", b.Dst).With("chosen", chosen).With("size", strconv.FormatInt(size, 10)).
-		With("verified", strconv.FormatBool(verified))
+	e := event.New(event.Log, proto.OptimizeStage, msg).
+		With(proto.FieldDst, b.Dst).With(proto.FieldChosen, chosen).With(proto.FieldSize, strconv.FormatInt(size, 10)).
+		With(proto.FieldVerified, strconv.FormatBool(verified))
 	if reason != "" {
-		e = e.With("reason", reason)
+		e = e.With(proto.FieldReason, reason)
 	}
 	if len(checks) > 0 {
 		cj, _ := json.Marshal(checks)
-		e = e.With("checks", string(cj))
+		e = e.With(proto.FieldChecks, string(cj))
 	}
 	return e, nil
 }
@@ -217,7 +197,7 @@ const verifyOutputCap = 64 << 10
 // runVerify runs the candidate at path with v.Args, in its own process
 // group, killed whole after v.Timeout. The error is ctx's only: a candidate
 // that cannot run at all fails its check.
-func runVerify(ctx context.Context, name, path string, v event.Verify) (Check, error) {
+func runVerify(ctx context.Context, name, path string, v proto.Verify) (proto.Check, error) {
 	timeout := v.Timeout
 	if timeout <= 0 {
 		timeout = DefaultVerifyTimeout
@@ -234,7 +214,7 @@ func runVerify(ctx context.Context, name, path string, v event.Verify) (Check, e
 	cmd.Stdout, cmd.Stderr = &out, &out
 	start := time.Now()
 	err := cmd.Run()
-	ch := Check{Candidate: name, Duration: time.Since(start), Output: lastLines(out.b.String(), 5)}
+	ch := proto.Check{Candidate: name, Duration: time.Since(start), Output: lastLines(out.b.String(), 5)}
 	if ctx.Err() != nil {
 		return ch, ctx.Err()
 	}

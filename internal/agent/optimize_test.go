@@ -13,6 +13,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/emu-dev/emu/internal/event"
+	"github.com/emu-dev/emu/internal/proto"
 )
 
 // Candidate scripts: what each prints and how it exits when verified. The
@@ -28,15 +29,15 @@ const (
 
 // binaryFixture lays out a binary as the host does: the original at dst,
 // the candidates under dir/0/<name>/app, and returns the request's item.
-func binaryFixture(t *testing.T, dir, orig string, cands [][2]string, v *event.Verify) event.Binary {
+func binaryFixture(t *testing.T, dir, orig string, cands [][2]string, v *proto.Verify) proto.Binary {
 	t.Helper()
 	dst := filepath.Join(dir, "usr", "local", "bin", "app")
 	writeExec(t, dst, orig, 0o751)
-	b := event.Binary{Dst: dst, Verify: v}
+	b := proto.Binary{Dst: dst, Verify: v}
 	for _, c := range cands {
 		p := filepath.Join(dir, "binopt", "0", c[0], "app")
 		writeExec(t, p, c[1], 0o700)
-		b.Candidates = append(b.Candidates, event.Candidate{Name: c[0], Path: p})
+		b.Candidates = append(b.Candidates, proto.Candidate{Name: c[0], Path: p})
 	}
 	return b
 }
@@ -52,12 +53,12 @@ func writeExec(t *testing.T, path, data string, mode os.FileMode) {
 }
 
 func TestInstall(t *testing.T) {
-	verify := &event.Verify{Args: []string{"--version"}, Output: "demo 1.0 --version", Timeout: 2 * time.Second}
+	verify := &proto.Verify{Args: []string{"--version"}, Output: "demo 1.0 --version", Timeout: 2 * time.Second}
 	tests := []struct {
 		name     string
 		orig     string
 		cands    [][2]string
-		verify   *event.Verify
+		verify   *proto.Verify
 		timeout  time.Duration
 		want     string // the chosen candidate
 		verified bool
@@ -118,15 +119,15 @@ func TestInstall(t *testing.T) {
 			if err != nil {
 				t.Fatalf("install: %v", err)
 			}
-			if e.Kind != event.Log || e.Name != OptimizeStage || e.Fields["dst"] != b.Dst || e.Fields["chosen"] != tt.want ||
-				e.Fields["verified"] != map[bool]string{true: "true", false: "false"}[tt.verified] {
+			if e.Kind != event.Log || e.Name != proto.OptimizeStage || e.Fields[proto.FieldDst] != b.Dst || e.Fields[proto.FieldChosen] != tt.want ||
+				e.Fields[proto.FieldVerified] != map[bool]string{true: "true", false: "false"}[tt.verified] {
 				t.Errorf("event %s %v, want chosen %s, verified %v", e, e.Fields, tt.want, tt.verified)
 			}
-			if !strings.Contains(e.Fields["reason"], tt.reason) || (tt.reason == "" && e.Fields["reason"] != "") {
-				t.Errorf("reason %q, want %q", e.Fields["reason"], tt.reason)
+			if !strings.Contains(e.Fields[proto.FieldReason], tt.reason) || (tt.reason == "" && e.Fields[proto.FieldReason] != "") {
+				t.Errorf("reason %q, want %q", e.Fields[proto.FieldReason], tt.reason)
 			}
-			var checks []Check
-			if cj := e.Fields["checks"]; cj != "" {
+			var checks []proto.Check
+			if cj := e.Fields[proto.FieldChecks]; cj != "" {
 				if err := json.Unmarshal([]byte(cj), &checks); err != nil {
 					t.Fatalf("checks field %q: %v", cj, err)
 				}
@@ -154,8 +155,8 @@ func TestInstall(t *testing.T) {
 			if fi, _ := os.Stat(b.Dst); fi.Mode().Perm() != 0o751 {
 				t.Errorf("dst mode %v, want the original's 0751", fi.Mode().Perm())
 			}
-			if e.Fields["size"] != itoa(len(want)) {
-				t.Errorf("size %s, want %d", e.Fields["size"], len(want))
+			if e.Fields[proto.FieldSize] != itoa(len(want)) {
+				t.Errorf("size %s, want %d", e.Fields[proto.FieldSize], len(want))
 			}
 		})
 	}
@@ -171,7 +172,7 @@ func itoa(n int) string {
 func TestProvisionOptimizes(t *testing.T) {
 	dir := t.TempDir()
 	scratch := filepath.Join(dir, "var", "lib", "emu", "binopt")
-	verify := &event.Verify{Args: []string{"--version"}, Output: "demo 1.0"}
+	verify := &proto.Verify{Args: []string{"--version"}, Output: "demo 1.0"}
 	b := binaryFixture(t, dir, passes, [][2]string{{"compressed", fails}, {"stripped", passes + "#s\n"}}, verify)
 	// Lay the candidates under the scratch directory, as the host does.
 	for i, c := range b.Candidates {
@@ -187,11 +188,11 @@ func TestProvisionOptimizes(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	cfg := Config{Stack: "demo", Services: []Service{{Name: "db", Unit: "db.service", Health: Health{Exec: []string{"true"}}}}}
-	h, events := provision(t, Options{Config: cfg, OptimizeDir: scratch}, event.Request{
+	cfg := proto.Config{Stack: "demo", Services: []proto.Service{{Name: "db", Unit: "db.service", Health: proto.Health{Exec: []string{"true"}}}}}
+	h, events := provision(t, Options{Config: cfg, OptimizeDir: scratch}, proto.Request{
 		Services: []string{"db"},
-		Optimize: []event.Binary{b},
-		Steps:    []event.Step{sh("use", b.Dst+" --version", dir)},
+		Optimize: []proto.Binary{b},
+		Steps:    []proto.Step{sh("use", b.Dst+" --version", dir)},
 	})
 	if err := h.result(); err != nil {
 		t.Fatalf("provision: %v\n%s", err, dump(events))
@@ -202,8 +203,8 @@ func TestProvisionOptimizes(t *testing.T) {
 	if diff := cmp.Diff(want, summary(events)); diff != "" {
 		t.Errorf("events (-want +got):\n%s", diff)
 	}
-	e, ok := find(events, event.Log, OptimizeStage)
-	if !ok || e.Fields["chosen"] != "stripped" {
+	e, ok := find(events, event.Log, proto.OptimizeStage)
+	if !ok || e.Fields[proto.FieldChosen] != "stripped" {
 		t.Errorf("optimize event %v, want the stripped file chosen", e)
 	}
 	if _, err := os.Stat(scratch); !os.IsNotExist(err) {
@@ -225,16 +226,16 @@ func TestProvisionOptimizes(t *testing.T) {
 
 func TestProvisionOriginalFailsVerify(t *testing.T) {
 	dir := t.TempDir()
-	b := binaryFixture(t, dir, fails, [][2]string{{"compressed", fails}}, &event.Verify{Args: []string{"--version"}})
-	h, events := provision(t, Options{OptimizeDir: filepath.Join(dir, "binopt")}, event.Request{
-		Optimize: []event.Binary{b},
-		Steps:    []event.Step{sh("never", "echo must not run", dir)},
+	b := binaryFixture(t, dir, fails, [][2]string{{"compressed", fails}}, &proto.Verify{Args: []string{"--version"}})
+	h, events := provision(t, Options{OptimizeDir: filepath.Join(dir, "binopt")}, proto.Request{
+		Optimize: []proto.Binary{b},
+		Steps:    []proto.Step{sh("never", "echo must not run", dir)},
 	})
 	if err := h.result(); err == nil {
 		t.Fatal("provision succeeded, want a failure")
 	}
 	last := events[len(events)-1]
-	if last.Kind != event.Failed || last.Name != OptimizeStage || !strings.Contains(last.Msg, b.Dst+": the original fails its verify too") {
+	if last.Kind != event.Failed || last.Name != proto.OptimizeStage || !strings.Contains(last.Msg, b.Dst+": the original fails its verify too") {
 		t.Errorf("last event %s, want failed optimize naming %s", last, b.Dst)
 	}
 	if _, ok := find(events, event.StepStart, "never"); ok {

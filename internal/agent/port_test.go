@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/emu-dev/emu/internal/proto"
 	"github.com/google/go-cmp/cmp"
 )
 
@@ -15,7 +16,7 @@ func TestFindPort(t *testing.T) {
 	sysfs := t.TempDir()
 	ports := filepath.Join(sysfs, "class", "virtio-ports")
 	writeFile(t, filepath.Join(ports, "vport0p0", "name"), "org.qemu.guest_agent.0\n")
-	writeFile(t, filepath.Join(ports, "vport1p1", "name"), PortName+"\n")
+	writeFile(t, filepath.Join(ports, "vport1p1", "name"), proto.PortName+"\n")
 	writeFile(t, filepath.Join(ports, "vport1p2", "name"), "")
 	// A name that cannot be read is skipped.
 	if err := os.MkdirAll(filepath.Join(ports, "vport2p1", "name"), 0o755); err != nil {
@@ -25,7 +26,7 @@ func TestFindPort(t *testing.T) {
 	for _, tc := range []struct {
 		name, port, want string
 	}{
-		{"agent port", PortName, "/dev/vport1p1"},
+		{"agent port", proto.PortName, "/dev/vport1p1"},
 		{"other port", "org.qemu.guest_agent.0", "/dev/vport0p0"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -46,7 +47,7 @@ func TestFindPort(t *testing.T) {
 		}
 	})
 	t.Run("no sysfs", func(t *testing.T) {
-		_, err := FindPort(filepath.Join(sysfs, "nothing"), PortName)
+		_, err := FindPort(filepath.Join(sysfs, "nothing"), proto.PortName)
 		if !errors.Is(err, os.ErrNotExist) {
 			t.Errorf("FindPort(empty tree) = %v, want os.ErrNotExist", err)
 		}
@@ -71,17 +72,17 @@ func TestLoadConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := Config{Stack: "demo", Services: []Service{
-		{Name: "db", Unit: "postgresql.service", Health: Health{TCP: 5432, Timeout: 3 * time.Minute}},
+	want := proto.Config{Stack: "demo", Services: []proto.Service{
+		{Name: "db", Unit: "postgresql.service", Health: proto.Health{TCP: 5432, Timeout: 3 * time.Minute}},
 		{Name: "api", Unit: "emu-api.service", After: []string{"db"}, Ports: []string{"http=8080"},
-			Health: Health{HTTPPort: 8080, HTTPPath: "/health", HTTPStatus: 200, Timeout: 2 * time.Minute}},
+			Health: proto.Health{HTTPPort: 8080, HTTPPath: "/health", HTTPStatus: 200, Timeout: 2 * time.Minute}},
 	}}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("LoadConfig (-want +got):\n%s", diff)
 	}
 
 	empty, err := LoadConfig(filepath.Join(dir, "missing.json"))
-	if err != nil || !cmp.Equal(Config{}, empty) {
+	if err != nil || !cmp.Equal(proto.Config{}, empty) {
 		t.Errorf("LoadConfig(missing) = %+v, %v; want an empty config", empty, err)
 	}
 

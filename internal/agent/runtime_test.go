@@ -4,17 +4,19 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	"github.com/emu-dev/emu/internal/proto"
 )
 
 func TestRuntimeEnvFiles(t *testing.T) {
-	rt := Runtime{
+	rt := proto.Runtime{
 		Instance: "demo",
-		Ports:    []RuntimePort{{Service: "api", Name: "http", Guest: 8080, Host: 26701}},
+		Ports:    []proto.RuntimePort{{Service: "api", Name: "http", Guest: 8080, Host: 26701}},
 		Env:      map[string]string{"GREETING": `say "hi"`, "MULTI": "a\nb"},
 	}
 	dir := t.TempDir()
 	units, containers := filepath.Join(dir, "env"), filepath.Join(dir, "sub", "container.env")
-	if err := rt.WriteEnv(units, containers); err != nil {
+	if err := WriteEnv(rt, units, containers); err != nil {
 		t.Fatal(err)
 	}
 	for path, want := range map[string]string{
@@ -33,7 +35,7 @@ func TestRuntimeEnvFiles(t *testing.T) {
 		}
 	}
 	// No runtime config (a build): both files exist, empty.
-	if err := (Runtime{}).WriteEnv(units, containers); err != nil {
+	if err := WriteEnv(proto.Runtime{}, units, containers); err != nil {
 		t.Fatal(err)
 	}
 	for _, p := range []string{units, containers} {

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/emu-dev/emu/internal/event"
+	"github.com/emu-dev/emu/internal/proto"
 )
 
 // System is the guest's init system, as the agent needs it.
@@ -103,7 +104,7 @@ func (e *ServiceError) Error() string {
 // startServices starts every service once its dependencies are healthy,
 // independent ones side by side, and returns when all are healthy or the
 // first one fails.
-func (a *Agent) startServices(ctx context.Context, svcs []Service) error {
+func (a *Agent) startServices(ctx context.Context, svcs []proto.Service) error {
 	if len(svcs) == 0 {
 		return nil
 	}
@@ -145,7 +146,7 @@ func (a *Agent) startServices(ctx context.Context, svcs []Service) error {
 	return ctx.Err()
 }
 
-func (a *Agent) startOne(ctx context.Context, s Service) error {
+func (a *Agent) startOne(ctx context.Context, s proto.Service) error {
 	a.emit(event.New(event.ServiceStarting, s.Name, s.Unit))
 	if err := a.opts.System.Start(ctx, s.Unit); err != nil {
 		return a.unhealthy(ctx, s, err.Error())
@@ -186,22 +187,22 @@ func (a *Agent) startOne(ctx context.Context, s Service) error {
 	}
 }
 
-func (a *Agent) unhealthy(ctx context.Context, s Service, why string) error {
+func (a *Agent) unhealthy(ctx context.Context, s proto.Service, why string) error {
 	jctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
 	journal := a.opts.System.Journal(jctx, s.Unit, 20)
 	e := healthEvent(event.ServiceUnhealthy, s, why)
 	if journal != "" {
-		e = e.With("journal", journal)
+		e = e.With(proto.FieldJournal, journal)
 	}
 	a.emit(e)
 	return &ServiceError{Service: s.Name, Probe: why, Journal: journal}
 }
 
-func healthEvent(kind event.Kind, s Service, msg string) event.Event {
+func healthEvent(kind event.Kind, s proto.Service, msg string) event.Event {
 	e := event.New(kind, s.Name, msg)
 	if len(s.Ports) > 0 {
-		e = e.With("ports", strings.Join(s.Ports, ","))
+		e = e.With(proto.FieldPorts, strings.Join(s.Ports, ","))
 	}
 	return e
 }
@@ -257,7 +258,7 @@ func (a *Agent) stopServices(ctx context.Context) {
 // probeTimeout bounds one probe: a connection or a request 2 s; a command
 // 10 s, since a command may start a runtime (`podman exec` takes seconds
 // under TCG).
-func probeTimeout(h Health) time.Duration {
+func probeTimeout(h proto.Health) time.Duration {
 	if len(h.Exec) > 0 {
 		return execProbeTimeout
 	}
@@ -268,7 +269,7 @@ func probeTimeout(h Health) time.Duration {
 var execProbeTimeout = 10 * time.Second
 
 // probe runs one health check once.
-func probe(ctx context.Context, h Health) error {
+func probe(ctx context.Context, h proto.Health) error {
 	pctx, cancel := context.WithTimeout(ctx, probeTimeout(h))
 	defer cancel()
 	switch {

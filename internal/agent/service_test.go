@@ -17,6 +17,7 @@ import (
 	"github.com/google/go-cmp/cmp/cmpopts"
 
 	"github.com/emu-dev/emu/internal/event"
+	"github.com/emu-dev/emu/internal/proto"
 )
 
 // listen returns a TCP port on 127.0.0.1 that accepts connections.
@@ -80,23 +81,23 @@ func TestProbe(t *testing.T) {
 	open, closed, web := listen(t), closedPort(t), httpPort(t)
 	for _, tc := range []struct {
 		name    string
-		h       Health
+		h       proto.Health
 		wantErr string // "" for success, else a substring
 	}{
-		{"tcp open", Health{TCP: open}, ""},
-		{"tcp closed", Health{TCP: closed}, "connection refused"},
-		{"http 200", Health{HTTPPort: web, HTTPPath: "/ok"}, ""},
-		{"http 200 explicit", Health{HTTPPort: web, HTTPPath: "/ok", HTTPStatus: 200}, ""},
-		{"http 503", Health{HTTPPort: web, HTTPPath: "/down"}, "status 503, want 200"},
-		{"http 503 wanted", Health{HTTPPort: web, HTTPPath: "/down", HTTPStatus: 503}, ""},
-		{"http wrong status", Health{HTTPPort: web, HTTPPath: "/ok", HTTPStatus: 204}, "/ok: status 200, want 204"},
-		{"http not found", Health{HTTPPort: web, HTTPPath: "/missing"}, "status 404, want 200"},
-		{"http refused", Health{HTTPPort: closed, HTTPPath: "/"}, "connection refused"},
-		{"exec true", Health{Exec: []string{"true"}}, ""},
-		{"exec false", Health{Exec: []string{"false"}}, "false: exit status 1"},
-		{"exec output in error", Health{Exec: []string{"/bin/sh", "-c", "echo not ready yet; exit 2"}}, "exit status 2: not ready yet"},
-		{"exec missing", Health{Exec: []string{"/nonexistent/probe"}}, "/nonexistent/probe"},
-		{"none", Health{}, "no health check"},
+		{"tcp open", proto.Health{TCP: open}, ""},
+		{"tcp closed", proto.Health{TCP: closed}, "connection refused"},
+		{"http 200", proto.Health{HTTPPort: web, HTTPPath: "/ok"}, ""},
+		{"http 200 explicit", proto.Health{HTTPPort: web, HTTPPath: "/ok", HTTPStatus: 200}, ""},
+		{"http 503", proto.Health{HTTPPort: web, HTTPPath: "/down"}, "status 503, want 200"},
+		{"http 503 wanted", proto.Health{HTTPPort: web, HTTPPath: "/down", HTTPStatus: 503}, ""},
+		{"http wrong status", proto.Health{HTTPPort: web, HTTPPath: "/ok", HTTPStatus: 204}, "/ok: status 200, want 204"},
+		{"http not found", proto.Health{HTTPPort: web, HTTPPath: "/missing"}, "status 404, want 200"},
+		{"http refused", proto.Health{HTTPPort: closed, HTTPPath: "/"}, "connection refused"},
+		{"exec true", proto.Health{Exec: []string{"true"}}, ""},
+		{"exec false", proto.Health{Exec: []string{"false"}}, "false: exit status 1"},
+		{"exec output in error", proto.Health{Exec: []string{"/bin/sh", "-c", "echo not ready yet; exit 2"}}, "exit status 2: not ready yet"},
+		{"exec missing", proto.Health{Exec: []string{"/nonexistent/probe"}}, "/nonexistent/probe"},
+		{"none", proto.Health{}, "no health check"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			err := probe(context.Background(), tc.h)
@@ -111,7 +112,7 @@ func TestProbe(t *testing.T) {
 }
 
 func TestProbeExecOutputTrimmed(t *testing.T) {
-	err := probe(context.Background(), Health{Exec: []string{"/bin/sh", "-c", "head -c 1000 /dev/zero | tr '\\0' y; echo END; exit 1"}})
+	err := probe(context.Background(), proto.Health{Exec: []string{"/bin/sh", "-c", "head -c 1000 /dev/zero | tr '\\0' y; echo END; exit 1"}})
 	if err == nil {
 		t.Fatal("probe succeeded")
 	}
@@ -124,26 +125,26 @@ func TestProbeBoundedByItsOwnTimeout(t *testing.T) {
 	defer func(d time.Duration) { execProbeTimeout = d }(execProbeTimeout)
 	execProbeTimeout = 500 * time.Millisecond
 	begin := time.Now()
-	err := probe(context.Background(), Health{Exec: []string{"sleep", "30"}})
+	err := probe(context.Background(), proto.Health{Exec: []string{"sleep", "30"}})
 	if err == nil {
 		t.Fatal("probe of sleep 30 succeeded")
 	}
 	if took := time.Since(begin); took > wait {
 		t.Errorf("one probe took %s; it should give up after about 0.5s", took)
 	}
-	if got := probeTimeout(Health{TCP: 80}); got != 2*time.Second {
+	if got := probeTimeout(proto.Health{TCP: 80}); got != 2*time.Second {
 		t.Errorf("a TCP probe's bound = %s, want 2s", got)
 	}
 }
 
 func TestServiceUnitFailed(t *testing.T) {
 	sys := &fakeSystem{failed: map[string]bool{"bad.service": true}, journal: "bad: segmentation fault"}
-	cfg := Config{Services: []Service{
+	cfg := proto.Config{Services: []proto.Service{
 		// A long timeout: the unit's failure, not the timeout, must end the wait.
-		{Name: "bad", Unit: "bad.service", Health: Health{Exec: []string{"false"}, Timeout: time.Hour}},
+		{Name: "bad", Unit: "bad.service", Health: proto.Health{Exec: []string{"false"}, Timeout: time.Hour}},
 	}}
 	begin := time.Now()
-	h, events := provision(t, Options{Config: cfg, System: sys}, event.Request{Services: []string{"bad"}})
+	h, events := provision(t, Options{Config: cfg, System: sys}, proto.Request{Services: []string{"bad"}})
 	if took := time.Since(begin); took > wait {
 		t.Errorf("a failed unit took %s to report", took)
 	}
@@ -162,7 +163,7 @@ func TestServiceUnitFailed(t *testing.T) {
 	if !strings.HasPrefix(un.Msg, "unit bad.service failed; last probe: false: exit status 1") {
 		t.Errorf("service.unhealthy msg = %q", un.Msg)
 	}
-	if got, want := un.Fields["journal"], "bad: segmentation fault (bad.service, 20 lines)"; got != want {
+	if got, want := un.Fields[proto.FieldJournal], "bad: segmentation fault (bad.service, 20 lines)"; got != want {
 		t.Errorf("journal field = %q, want %q", got, want)
 	}
 	err := h.result()
@@ -174,13 +175,13 @@ func TestServiceUnitFailed(t *testing.T) {
 
 func TestServiceStartError(t *testing.T) {
 	sys := &fakeSystem{startErr: map[string]error{"db.service": errors.New("unit db.service not found")}}
-	cfg := Config{Services: []Service{{Name: "db", Unit: "db.service", Health: Health{Exec: []string{"true"}}}}}
-	h, events := provision(t, Options{Config: cfg, System: sys}, event.Request{Services: []string{"db"}})
+	cfg := proto.Config{Services: []proto.Service{{Name: "db", Unit: "db.service", Health: proto.Health{Exec: []string{"true"}}}}}
+	h, events := provision(t, Options{Config: cfg, System: sys}, proto.Request{Services: []string{"db"}})
 	un, ok := find(events, event.ServiceUnhealthy, "db")
 	if !ok || un.Msg != "unit db.service not found" {
 		t.Errorf("service.unhealthy = %s, want the start error:\n%s", un, dump(events))
 	}
-	if _, ok := un.Fields["journal"]; ok {
+	if _, ok := un.Fields[proto.FieldJournal]; ok {
 		t.Errorf("journal field set from an empty journal: %v", un.Fields)
 	}
 	if _, ok := find(events, event.Failed, "db"); !ok {
@@ -192,12 +193,12 @@ func TestServiceStartError(t *testing.T) {
 }
 
 func TestServiceNeverHealthy(t *testing.T) {
-	cfg := Config{Stack: "demo", Services: []Service{
-		{Name: "db", Unit: "db.service", Health: Health{Exec: []string{"true"}}},
-		{Name: "slow", Unit: "slow.service", After: []string{"db"}, Health: Health{TCP: closedPort(t), Timeout: 500 * time.Millisecond}},
-		{Name: "never", Unit: "never.service", After: []string{"slow"}, Health: Health{Exec: []string{"true"}}},
+	cfg := proto.Config{Stack: "demo", Services: []proto.Service{
+		{Name: "db", Unit: "db.service", Health: proto.Health{Exec: []string{"true"}}},
+		{Name: "slow", Unit: "slow.service", After: []string{"db"}, Health: proto.Health{TCP: closedPort(t), Timeout: 500 * time.Millisecond}},
+		{Name: "never", Unit: "never.service", After: []string{"slow"}, Health: proto.Health{Exec: []string{"true"}}},
 	}}
-	h := startAgent(t, Options{Config: cfg, Mode: Run})
+	h := startAgent(t, Options{Config: cfg, Mode: proto.Run})
 	un := h.next(event.ServiceUnhealthy, "slow")
 	if !strings.HasPrefix(un.Msg, "no success within 500ms; last probe: ") || !strings.Contains(un.Msg, "connection refused") {
 		t.Errorf("service.unhealthy msg = %q", un.Msg)
@@ -207,7 +208,7 @@ func TestServiceNeverHealthy(t *testing.T) {
 		t.Errorf("failed msg = %q", f.Msg)
 	}
 	// The agent stays up for the host to ask for a shutdown.
-	h.send(event.Request{Op: event.OpShutdown})
+	h.send(proto.Request{Op: proto.OpShutdown})
 	h.next(event.Done, "")
 	if err := h.result(); err != nil {
 		t.Errorf("Start after shutdown = %v, want nil", err)
@@ -223,46 +224,46 @@ func TestServiceNeverHealthy(t *testing.T) {
 // after the cursor the answer ended with; every event names the request.
 func TestJournalAfterCursor(t *testing.T) {
 	sys := &fakeSystem{log: []string{"one", "two", "three"}}
-	cfg := Config{Stack: "demo", Services: []Service{{Name: "api", Unit: "emu-api.service", Health: Health{Exec: []string{"true"}}}}}
-	h := startAgent(t, Options{Config: cfg, Mode: Run, System: sys})
+	cfg := proto.Config{Stack: "demo", Services: []proto.Service{{Name: "api", Unit: "emu-api.service", Health: proto.Health{Exec: []string{"true"}}}}}
+	h := startAgent(t, Options{Config: cfg, Mode: proto.Run, System: sys})
 	h.next(event.Ready, "")
-	ask := func(req event.Request) (lines []string, end event.Event) {
+	ask := func(req proto.Request) (lines []string, end event.Event) {
 		t.Helper()
 		h.send(req)
 		for {
 			e := h.next(event.Log, req.Service)
-			if e.Fields["req"] != req.ID {
-				t.Errorf("event %s has req %q, want %q", e, e.Fields["req"], req.ID)
+			if e.Fields[proto.FieldReq] != req.ID {
+				t.Errorf("event %s has req %q, want %q", e, e.Fields[proto.FieldReq], req.ID)
 			}
-			if e.Fields["end"] == "true" {
+			if e.Fields[proto.FieldEnd] == "true" {
 				return lines, e
 			}
 			lines = append(lines, e.Msg)
 		}
 	}
-	lines, end := ask(event.Request{Op: event.OpLogs, Service: "api", Lines: 2, ID: "r1"})
-	if diff := cmp.Diff([]string{"two", "three"}, lines); diff != "" || end.Fields["cursor"] != "c2" {
-		t.Errorf("last 2 lines (-want +got):\n%s; cursor %q, want c2", diff, end.Fields["cursor"])
+	lines, end := ask(proto.Request{Op: proto.OpLogs, Service: "api", Lines: 2, ID: "r1"})
+	if diff := cmp.Diff([]string{"two", "three"}, lines); diff != "" || end.Fields[proto.FieldCursor] != "c2" {
+		t.Errorf("last 2 lines (-want +got):\n%s; cursor %q, want c2", diff, end.Fields[proto.FieldCursor])
 	}
 	sys.appendLog("four", "five")
-	lines, end = ask(event.Request{Op: event.OpLogs, Service: "api", Cursor: "c2", ID: "r2"})
-	if diff := cmp.Diff([]string{"four", "five"}, lines); diff != "" || end.Fields["cursor"] != "c4" {
-		t.Errorf("after c2 (-want +got):\n%s; cursor %q, want c4", diff, end.Fields["cursor"])
+	lines, end = ask(proto.Request{Op: proto.OpLogs, Service: "api", Cursor: "c2", ID: "r2"})
+	if diff := cmp.Diff([]string{"four", "five"}, lines); diff != "" || end.Fields[proto.FieldCursor] != "c4" {
+		t.Errorf("after c2 (-want +got):\n%s; cursor %q, want c4", diff, end.Fields[proto.FieldCursor])
 	}
 	// Nothing new: no lines, and the cursor stays.
-	lines, end = ask(event.Request{Op: event.OpLogs, Service: "api", Cursor: "c4", ID: "r3"})
-	if len(lines) != 0 || end.Fields["cursor"] != "c4" || end.Fields["error"] != "" {
+	lines, end = ask(proto.Request{Op: proto.OpLogs, Service: "api", Cursor: "c4", ID: "r3"})
+	if len(lines) != 0 || end.Fields[proto.FieldCursor] != "c4" || end.Fields[proto.FieldError] != "" {
 		t.Errorf("after c4: lines %q, end %v; want none, cursor c4", lines, end.Fields)
 	}
-	_, end = ask(event.Request{Op: event.OpLogs, Service: "api", Cursor: "bogus", ID: "r4"})
-	if !strings.Contains(end.Fields["error"], "bad cursor") {
+	_, end = ask(proto.Request{Op: proto.OpLogs, Service: "api", Cursor: "bogus", ID: "r4"})
+	if !strings.Contains(end.Fields[proto.FieldError], "bad cursor") {
 		t.Errorf("bad cursor: end %v, want the journal's error", end.Fields)
 	}
-	_, end = ask(event.Request{Op: event.OpLogs, Service: "nope", ID: "r5"})
-	if end.Fields["error"] != `no service "nope"` {
+	_, end = ask(proto.Request{Op: proto.OpLogs, Service: "nope", ID: "r5"})
+	if end.Fields[proto.FieldError] != `no service "nope"` {
 		t.Errorf("unknown service: end %v", end.Fields)
 	}
-	h.send(event.Request{Op: event.OpShutdown})
+	h.send(proto.Request{Op: proto.OpShutdown})
 	h.next(event.Done, "")
 }
 
@@ -286,12 +287,12 @@ func TestSplitCursor(t *testing.T) {
 
 func TestRunMode(t *testing.T) {
 	sys := &fakeSystem{}
-	cfg := Config{Stack: "demo", Services: []Service{
-		{Name: "db", Unit: "postgresql.service", Health: Health{TCP: listen(t)}},
-		{Name: "api", Unit: "emu-api.service", After: []string{"db"}, Health: Health{HTTPPort: httpPort(t), HTTPPath: "/ok"}, Ports: []string{"http=8080"}},
-		{Name: "worker", Unit: "emu-worker.service", After: []string{"api"}, Health: Health{Exec: []string{"true"}}},
+	cfg := proto.Config{Stack: "demo", Services: []proto.Service{
+		{Name: "db", Unit: "postgresql.service", Health: proto.Health{TCP: listen(t)}},
+		{Name: "api", Unit: "emu-api.service", After: []string{"db"}, Health: proto.Health{HTTPPort: httpPort(t), HTTPPath: "/ok"}, Ports: []string{"http=8080"}},
+		{Name: "worker", Unit: "emu-worker.service", After: []string{"api"}, Health: proto.Health{Exec: []string{"true"}}},
 	}}
-	h := startAgent(t, Options{Config: cfg, Mode: Run, System: sys})
+	h := startAgent(t, Options{Config: cfg, Mode: proto.Run, System: sys})
 	h.next(event.Ready, "")
 	want := []string{
 		"hello demo",
@@ -306,13 +307,13 @@ func TestRunMode(t *testing.T) {
 	hello := h.got[0]
 
 	// Requests a run-mode agent does not serve are logged, not fatal.
-	h.send(event.Request{Op: event.OpProvision})
+	h.send(proto.Request{Op: proto.OpProvision})
 	if l := h.next(event.Log, ""); !strings.Contains(l.Msg, "ignoring provision request in run mode") {
 		t.Errorf("log = %q", l.Msg)
 	}
 
 	h.got = nil
-	h.send(event.Request{Op: event.OpStatus})
+	h.send(proto.Request{Op: proto.OpStatus})
 	h.next(event.Ready, "")
 	want = []string{"hello demo", "service.healthy db", "service.healthy api", "service.healthy worker", "ready"}
 	if diff := cmp.Diff(want, summary(h.got)); diff != "" {
@@ -321,11 +322,11 @@ func TestRunMode(t *testing.T) {
 	if diff := cmp.Diff(hello, h.got[0]); diff != "" {
 		t.Errorf("replayed hello differs from the first (-first +replayed):\n%s", diff)
 	}
-	if got := h.got[2].Fields["ports"]; got != "http=8080" {
+	if got := h.got[2].Fields[proto.FieldPorts]; got != "http=8080" {
 		t.Errorf("replayed api fields = %v, want its ports", h.got[2].Fields)
 	}
 
-	h.send(event.Request{Op: event.OpShutdown})
+	h.send(proto.Request{Op: proto.OpShutdown})
 	if d := h.next(event.Done, ""); d.Msg != "shutting down" {
 		t.Errorf("done msg = %q", d.Msg)
 	}
@@ -347,11 +348,11 @@ func TestRunMode(t *testing.T) {
 func TestRunModeIndependentServicesStartTogether(t *testing.T) {
 	// a and b are independent and a is slow: b must not wait for it.
 	slowPort := closedPort(t)
-	cfg := Config{Services: []Service{
-		{Name: "a", Unit: "a.service", Health: Health{TCP: slowPort, Timeout: time.Hour}},
-		{Name: "b", Unit: "b.service", Health: Health{Exec: []string{"true"}}},
+	cfg := proto.Config{Services: []proto.Service{
+		{Name: "a", Unit: "a.service", Health: proto.Health{TCP: slowPort, Timeout: time.Hour}},
+		{Name: "b", Unit: "b.service", Health: proto.Health{Exec: []string{"true"}}},
 	}}
-	h := startAgent(t, Options{Config: cfg, Mode: Run})
+	h := startAgent(t, Options{Config: cfg, Mode: proto.Run})
 	h.next(event.ServiceHealthy, "b")
 	if _, ok := find(h.got, event.ServiceHealthy, "a"); ok {
 		t.Fatal("a became healthy with nothing listening")
@@ -375,12 +376,12 @@ func TestRunModeIndependentServicesStartTogether(t *testing.T) {
 }
 
 func TestRunModeNoServices(t *testing.T) {
-	h := startAgent(t, Options{Config: Config{Stack: "empty"}, Mode: Run})
+	h := startAgent(t, Options{Config: proto.Config{Stack: "empty"}, Mode: proto.Run})
 	h.next(event.Ready, "")
-	h.send(event.Request{Op: event.OpStatus})
+	h.send(proto.Request{Op: proto.OpStatus})
 	h.next(event.Hello, "")
 	h.next(event.Ready, "")
-	h.send(event.Request{Op: event.OpShutdown})
+	h.send(proto.Request{Op: proto.OpShutdown})
 	h.next(event.Done, "")
 	if err := h.result(); err != nil {
 		t.Errorf("Start = %v", err)
@@ -391,7 +392,7 @@ func TestRunModeNoServices(t *testing.T) {
 }
 
 func TestRunModeCanceled(t *testing.T) {
-	h := startAgent(t, Options{Mode: Run})
+	h := startAgent(t, Options{Mode: proto.Run})
 	h.next(event.Ready, "")
 	h.cancel()
 	if err := h.result(); !errors.Is(err, context.Canceled) {
@@ -418,14 +419,14 @@ func TestServiceNeverHealthyKeepsTheLastAnswer(t *testing.T) {
 	defer srv.Close()
 	u, _ := url.Parse(srv.URL)
 	port, _ := strconv.Atoi(u.Port())
-	cfg := Config{Stack: "demo", Services: []Service{
-		{Name: "api", Unit: "api.service", Health: Health{HTTPPort: port, HTTPPath: "/health", Timeout: 700 * time.Millisecond}},
+	cfg := proto.Config{Stack: "demo", Services: []proto.Service{
+		{Name: "api", Unit: "api.service", Health: proto.Health{HTTPPort: port, HTTPPath: "/health", Timeout: 700 * time.Millisecond}},
 	}}
-	h := startAgent(t, Options{Config: cfg, Mode: Run, System: &fakeSystem{}})
+	h := startAgent(t, Options{Config: cfg, Mode: proto.Run, System: &fakeSystem{}})
 	un := h.next(event.ServiceUnhealthy, "api")
 	if !strings.Contains(un.Msg, "status 503") {
 		t.Errorf("service.unhealthy msg = %q, want the 503 of the probe before the cut", un.Msg)
 	}
-	h.send(event.Request{Op: event.OpShutdown})
+	h.send(proto.Request{Op: proto.OpShutdown})
 	h.next(event.Done, "")
 }

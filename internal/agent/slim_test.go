@@ -9,6 +9,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/emu-dev/emu/internal/event"
+	"github.com/emu-dev/emu/internal/proto"
 )
 
 // Every slim test works in a temp dir: slim is never called with
@@ -25,7 +26,7 @@ func TestSlim(t *testing.T) {
 	}
 	sys := &fakeSystem{}
 	a := newAgent(Options{
-		Config:       Config{Services: []Service{{Name: "db", Unit: "db.service"}, {Name: "api", Unit: "api.service"}}},
+		Config:       proto.Config{Services: []proto.Service{{Name: "db", Unit: "db.service"}, {Name: "api", Unit: "api.service"}}},
 		System:       sys,
 		TrimPaths:    []string{filepath.Join(dir, "no-such-root")},
 		SlimDefaults: []string{filepath.Join(dir, "var/cache/apt/*.bin"), filepath.Join(dir, "var/cache/apt/archives/*.deb"), filepath.Join(dir, "tmp/*")},

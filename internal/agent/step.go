@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/emu-dev/emu/internal/event"
+	"github.com/emu-dev/emu/internal/proto"
 )
 
 // maxOutputLine caps one output line sent to the host.
@@ -58,7 +59,7 @@ const ackTimeout = 30 * time.Second
 // (the provision request's AckSteps) it first waits until the host has
 // acknowledged the step's start: a step that crashes the guest at once
 // must not take its own name down with it.
-func (a *Agent) runStep(ctx context.Context, st event.Step, acks <-chan string) error {
+func (a *Agent) runStep(ctx context.Context, st proto.Step, acks <-chan string) error {
 	a.emit(event.New(event.StepStart, st.Name, ""))
 	start := time.Now()
 	var ack time.Duration
@@ -73,7 +74,7 @@ func (a *Agent) runStep(ctx context.Context, st event.Step, acks <-chan string) 
 	if err == nil {
 		done := event.New(event.StepDone, st.Name, time.Since(start).Round(time.Millisecond).String()).WithCode(0)
 		if acks != nil {
-			done = done.With(event.FieldAck, ack.String())
+			done = done.With(proto.FieldAck, ack.String())
 		}
 		a.emit(done)
 		return nil
@@ -104,7 +105,7 @@ func (a *Agent) awaitAck(ctx context.Context, name string, acks <-chan string) e
 	}
 }
 
-func (a *Agent) execStep(ctx context.Context, st event.Step) (int, error) {
+func (a *Agent) execStep(ctx context.Context, st proto.Step) (int, error) {
 	if len(st.Run) == 0 {
 		return -1, &StepError{Step: st.Name, Code: -1, Err: errors.New("empty command")}
 	}

@@ -12,20 +12,21 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/emu-dev/emu/internal/event"
+	"github.com/emu-dev/emu/internal/proto"
 )
 
-func sh(name, script, dir string) event.Step {
-	return event.Step{Name: name, Run: []string{"/bin/sh", "-c", script}, Dir: dir}
+func sh(name, script, dir string) proto.Step {
+	return proto.Step{Name: name, Run: []string{"/bin/sh", "-c", script}, Dir: dir}
 }
 
 // provision runs one provision request against a fresh agent and returns
 // the events up to done or failed.
-func provision(t *testing.T, opts Options, req event.Request) (*host, []event.Event) {
+func provision(t *testing.T, opts Options, req proto.Request) (*host, []event.Event) {
 	t.Helper()
-	opts.Mode = Provision
+	opts.Mode = proto.Provision
 	h := startAgent(t, opts)
 	h.next(event.Hello, "")
-	req.Op = event.OpProvision
+	req.Op = proto.OpProvision
 	h.send(req)
 	return h, h.untilTerminal()
 }
@@ -37,21 +38,21 @@ func TestProvision(t *testing.T) {
 		writeFile(t, filepath.Join(dir, p), "x")
 	}
 	sys := &fakeSystem{}
-	cfg := Config{Stack: "demo", Services: []Service{
-		{Name: "db", Unit: "postgresql.service", Health: Health{Exec: []string{"true"}}},
-		{Name: "cache", Unit: "valkey.service", Health: Health{Exec: []string{"true"}}},
-		{Name: "api", Unit: "emu-api.service", After: []string{"db", "cache"}, Health: Health{Exec: []string{"true"}}, Ports: []string{"http=8080"}},
-		{Name: "worker", Unit: "emu-worker.service", After: []string{"api"}, Health: Health{Exec: []string{"true"}}},
+	cfg := proto.Config{Stack: "demo", Services: []proto.Service{
+		{Name: "db", Unit: "postgresql.service", Health: proto.Health{Exec: []string{"true"}}},
+		{Name: "cache", Unit: "valkey.service", Health: proto.Health{Exec: []string{"true"}}},
+		{Name: "api", Unit: "emu-api.service", After: []string{"db", "cache"}, Health: proto.Health{Exec: []string{"true"}}, Ports: []string{"http=8080"}},
+		{Name: "worker", Unit: "emu-worker.service", After: []string{"api"}, Health: proto.Health{Exec: []string{"true"}}},
 	}}
 	h, events := provision(t, Options{
 		Config:       cfg,
 		System:       sys,
 		SlimDefaults: []string{filepath.Join(dir, "def", "*.tmp")},
-	}, event.Request{
+	}, proto.Request{
 		// api depends on cache, which the bake does not start: the
 		// dependency is dropped instead of waited on forever.
 		Services: []string{"api", "db"},
-		Steps: []event.Step{
+		Steps: []proto.Step{
 			sh("greet", "echo one; echo two >&2; printf three", dir),
 			sh("quiet", "exit 0", dir),
 		},
@@ -91,7 +92,7 @@ func TestProvision(t *testing.T) {
 			t.Errorf("step.done %s code = %v, want 0", name, e.Code)
 		}
 	}
-	if e, _ := find(events, event.ServiceHealthy, "api"); e.Fields["ports"] != "http=8080" {
+	if e, _ := find(events, event.ServiceHealthy, "api"); e.Fields[proto.FieldPorts] != "http=8080" {
 		t.Errorf("service.healthy api fields = %v, want the ports", e.Fields)
 	}
 	slimDone, _ := find(events, event.StageDone, "slim")
@@ -116,11 +117,11 @@ func TestProvision(t *testing.T) {
 }
 
 func TestProvisionIgnoresOtherRequestsFirst(t *testing.T) {
-	h := startAgent(t, Options{Mode: Provision})
+	h := startAgent(t, Options{Mode: proto.Provision})
 	h.next(event.Hello, "")
-	h.send(event.Request{Op: event.OpStatus})
+	h.send(proto.Request{Op: proto.OpStatus})
 	h.sendRaw("{not json\n")
-	h.send(event.Request{Op: event.OpProvision, Steps: []event.Step{sh("s", "true", t.TempDir())}})
+	h.send(proto.Request{Op: proto.OpProvision, Steps: []proto.Step{sh("s", "true", t.TempDir())}})
 	events := h.untilTerminal()
 	if err := h.result(); err != nil {
 		t.Fatalf("Start: %v\n%s", err, dump(events))
@@ -142,7 +143,7 @@ func TestProvisionIgnoresOtherRequestsFirst(t *testing.T) {
 func TestProvisionStepFails(t *testing.T) {
 	dir := t.TempDir()
 	marker := filepath.Join(dir, "second-ran")
-	h, events := provision(t, Options{}, event.Request{Steps: []event.Step{
+	h, events := provision(t, Options{}, proto.Request{Steps: []proto.Step{
 		sh("first", "echo before; exit 3", dir),
 		sh("second", "touch "+marker, dir),
 	}})
@@ -180,7 +181,7 @@ func TestProvisionStepTimeoutKillsProcessGroup(t *testing.T) {
 	st := sh("hang", "sleep 30 & echo $!; wait", dir)
 	st.Timeout = 300 * time.Millisecond
 	begin := time.Now()
-	h, events := provision(t, Options{}, event.Request{Steps: []event.Step{st}})
+	h, events := provision(t, Options{}, proto.Request{Steps: []proto.Step{st}})
 	if took := time.Since(begin); took > wait {
 		t.Errorf("a step with a 300ms timeout took %s to fail", took)
 	}
@@ -231,7 +232,7 @@ func TestStepEnvironment(t *testing.T) {
 	t.Setenv("EMU_TEST_LEAK", "from the test process")
 	st := sh("env", `echo "foo=$FOO"; echo "empty=${EMPTY-unset}"; echo "path=$PATH"; echo "lang=$LANG"; echo "frontend=$DEBIAN_FRONTEND"; echo "home=$HOME"; echo "leak=${EMU_TEST_LEAK-unset}"; echo "pwd=$(pwd -P)"`, dir)
 	st.Env = map[string]string{"FOO": "bar baz $NOT_EXPANDED", "EMPTY": ""}
-	h, events := provision(t, Options{}, event.Request{Steps: []event.Step{st}})
+	h, events := provision(t, Options{}, proto.Request{Steps: []proto.Step{st}})
 	if err := h.result(); err != nil {
 		t.Fatalf("Start: %v\n%s", err, dump(events))
 	}
@@ -264,15 +265,15 @@ func TestStepErrors(t *testing.T) {
 	dir := t.TempDir()
 	for _, tc := range []struct {
 		name string
-		step event.Step
+		step proto.Step
 		want string
 	}{
-		{"empty command", event.Step{Name: "e", Dir: dir}, "empty command"},
-		{"missing binary", event.Step{Name: "m", Run: []string{filepath.Join(dir, "nope")}, Dir: dir}, "start " + filepath.Join(dir, "nope")},
-		{"unknown user", event.Step{Name: "u", Run: []string{"true"}, User: "emu-no-such-user", Dir: dir}, "look up user emu-no-such-user"},
+		{"empty command", proto.Step{Name: "e", Dir: dir}, "empty command"},
+		{"missing binary", proto.Step{Name: "m", Run: []string{filepath.Join(dir, "nope")}, Dir: dir}, "start " + filepath.Join(dir, "nope")},
+		{"unknown user", proto.Step{Name: "u", Run: []string{"true"}, User: "emu-no-such-user", Dir: dir}, "look up user emu-no-such-user"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			h, events := provision(t, Options{}, event.Request{Steps: []event.Step{tc.step}})
+			h, events := provision(t, Options{}, proto.Request{Steps: []proto.Step{tc.step}})
 			failed, ok := find(events, event.StepFailed, tc.step.Name)
 			if !ok {
 				t.Fatalf("no step.failed:\n%s", dump(events))
@@ -289,7 +290,7 @@ func TestStepErrors(t *testing.T) {
 
 func TestStepLongOutputLineCapped(t *testing.T) {
 	dir := t.TempDir()
-	h, events := provision(t, Options{}, event.Request{Steps: []event.Step{
+	h, events := provision(t, Options{}, proto.Request{Steps: []proto.Step{
 		sh("long", "head -c 10000 /dev/zero | tr '\\0' x; echo; echo after", dir),
 	}})
 	if err := h.result(); err != nil {
@@ -308,7 +309,7 @@ func TestStepLongOutputLineCapped(t *testing.T) {
 }
 
 func TestProvisionCanceledWhileWaiting(t *testing.T) {
-	h := startAgent(t, Options{Mode: Provision})
+	h := startAgent(t, Options{Mode: proto.Provision})
 	h.next(event.Hello, "")
 	h.cancel()
 	f := h.next(event.Failed, "")
@@ -321,8 +322,8 @@ func TestProvisionCanceledWhileWaiting(t *testing.T) {
 }
 
 func TestStartServicesWithoutInitSystem(t *testing.T) {
-	svcs := []Service{{Name: "db", Unit: "db.service"}}
-	a := newAgent(Options{Config: Config{Services: svcs}})
+	svcs := []proto.Service{{Name: "db", Unit: "db.service"}}
+	a := newAgent(Options{Config: proto.Config{Services: svcs}})
 	err := a.startServices(t.Context(), svcs)
 	if err == nil || !strings.Contains(err.Error(), "no init system") {
 		t.Errorf("startServices with no System = %v, want a no-init-system error", err)
@@ -366,30 +367,30 @@ func assertExists(t *testing.T, paths ...string) {
 func TestProvisionStepWaitsForAck(t *testing.T) {
 	dir := t.TempDir()
 	marker := filepath.Join(dir, "ran")
-	h := startAgent(t, Options{Mode: Provision})
+	h := startAgent(t, Options{Mode: proto.Provision})
 	h.next(event.Hello, "")
-	h.send(event.Request{Op: event.OpProvision, AckSteps: true, Steps: []event.Step{
+	h.send(proto.Request{Op: proto.OpProvision, AckSteps: true, Steps: []proto.Step{
 		sh("first", "touch "+marker, dir),
 		sh("second", "exit 0", dir),
 	}})
 	h.next(event.StepStart, "first")
-	h.send(event.Request{Op: event.OpAck, ID: "not-this-one"})
+	h.send(proto.Request{Op: proto.OpAck, ID: "not-this-one"})
 	// Whatever the agent would do without the ack, it has had time to do.
-	h.send(event.Request{Op: event.OpStatus})
+	h.send(proto.Request{Op: proto.OpStatus})
 	h.next(event.Log, "")
 	if _, err := os.Stat(marker); err == nil {
 		t.Fatal("the step ran before the host acknowledged its start")
 	}
-	h.send(event.Request{Op: event.OpAck, ID: "first"})
+	h.send(proto.Request{Op: proto.OpAck, ID: "first"})
 	done := h.next(event.StepDone, "first")
 	if _, err := os.Stat(marker); err != nil {
 		t.Errorf("the step did not run after the ack: %v", err)
 	}
-	if d, err := time.ParseDuration(done.Fields[event.FieldAck]); err != nil || d <= 0 {
-		t.Errorf("step.done field %s = %q, want the time the ack took", event.FieldAck, done.Fields[event.FieldAck])
+	if d, err := time.ParseDuration(done.Fields[proto.FieldAck]); err != nil || d <= 0 {
+		t.Errorf("step.done field %s = %q, want the time the ack took", proto.FieldAck, done.Fields[proto.FieldAck])
 	}
 	h.next(event.StepStart, "second")
-	h.send(event.Request{Op: event.OpAck, ID: "second"})
+	h.send(proto.Request{Op: proto.OpAck, ID: "second"})
 	if f, ok := find(h.untilTerminal(), event.Done, ""); !ok {
 		t.Errorf("no done after both steps; got:\n%s (%v)", dump(h.got), f)
 	}
@@ -401,12 +402,12 @@ func TestProvisionStepWaitsForAck(t *testing.T) {
 // Without AckSteps (hosts that do not ask for it) steps run at once.
 func TestProvisionWithoutAckRunsAtOnce(t *testing.T) {
 	dir := t.TempDir()
-	_, events := provision(t, Options{}, event.Request{Steps: []event.Step{sh("only", "exit 0", dir)}})
+	_, events := provision(t, Options{}, proto.Request{Steps: []proto.Step{sh("only", "exit 0", dir)}})
 	done, ok := find(events, event.StepDone, "only")
 	if !ok {
 		t.Fatalf("no step.done; got:\n%s", dump(events))
 	}
-	if v, ok := done.Fields[event.FieldAck]; ok {
-		t.Errorf("step.done carries %s=%q without AckSteps", event.FieldAck, v)
+	if v, ok := done.Fields[proto.FieldAck]; ok {
+		t.Errorf("step.done carries %s=%q without AckSteps", proto.FieldAck, v)
 	}
 }

@@ -12,10 +12,10 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/emu-dev/emu/internal/agent"
 	"github.com/emu-dev/emu/internal/bundle"
 	"github.com/emu-dev/emu/internal/disk"
 	"github.com/emu-dev/emu/internal/guest"
+	"github.com/emu-dev/emu/internal/proto"
 	"github.com/emu-dev/emu/internal/spec"
 	"github.com/emu-dev/emu/internal/store"
 )
@@ -35,7 +35,7 @@ func InputHash(s *spec.Stack, agentBinary string) (string, error) {
 	// Contents by their place in the guest, not their host path: the same
 	// inputs from another checkout hash the same.
 	type input struct{ name, path string }
-	inputs := []input{{agent.BinaryPath, agentBinary}}
+	inputs := []input{{proto.BinaryPath, agentBinary}}
 	for _, f := range s.Files {
 		inputs = append(inputs, input{f.Dst, s.FilePath(f)})
 	}
@@ -103,7 +103,7 @@ func (b *builder) assemble() (int64, error) {
 	m := &b.man
 	m.Name, m.Arch, m.InputHash, m.EmuVersion = s.Name, s.Base.Arch, hash, b.opts.Version
 	m.Created = time.Now().UTC().Truncate(time.Second)
-	m.Cmdline = guest.Cmdline(agent.Run)
+	m.Cmdline = guest.Cmdline(proto.Run)
 	m.VM = s.VM
 	m.Services = nil
 	for _, name := range s.StartOrder() {

@@ -16,6 +16,7 @@ import (
 	"github.com/emu-dev/emu/internal/event"
 	"github.com/emu-dev/emu/internal/guest"
 	"github.com/emu-dev/emu/internal/image"
+	"github.com/emu-dev/emu/internal/proto"
 	"github.com/emu-dev/emu/internal/qemu"
 	"github.com/emu-dev/emu/internal/spec"
 )
@@ -191,17 +192,17 @@ func (b *builder) imageDrives() []qemu.Drive {
 }
 
 // imageRequests tell the agent which disk holds which images.
-func (b *builder) imageRequests() []event.Image {
-	var reqs []event.Image
+func (b *builder) imageRequests() []proto.Image {
+	var reqs []proto.Image
 	for _, src := range b.imageSources {
-		reqs = append(reqs, event.Image{Serial: src.serial, Source: src.entry, IDs: src.ids})
+		reqs = append(reqs, proto.Image{Serial: src.serial, Source: src.entry, IDs: src.ids})
 	}
 	return reqs
 }
 
 // containerSteps rewrites container bake steps as the podman command that
 // runs them; their env reaches the container through podman's environment.
-func containerSteps(s *spec.Stack, ids map[string]string, steps []event.Step) []event.Step {
+func containerSteps(s *spec.Stack, ids map[string]string, steps []proto.Step) []proto.Step {
 	for i, st := range s.Bake {
 		if st.Container == "" {
 			continue

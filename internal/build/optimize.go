@@ -16,20 +16,20 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/emu-dev/emu/internal/agent"
 	"github.com/emu-dev/emu/internal/binopt"
 	"github.com/emu-dev/emu/internal/event"
+	"github.com/emu-dev/emu/internal/proto"
 	"github.com/emu-dev/emu/internal/spec"
 )
 
 // binaries is the build's share of files[].optimize. The inject stage makes
 // each file's candidates on the host (strip, UPX: tools the guest lacks) and
-// lays them out in the tree under agent.OptimizeDir; the guest runs them
+// lays them out in the tree under proto.OptimizeDir; the guest runs them
 // where they will run, installs the first that passes its verify before the
 // services start, and reports its choice, which lands in the manifest.
 type binaries struct {
 	// items go with the provision request.
-	items []event.Binary
+	items []proto.Binary
 	// at maps a file's guest path to its report in the manifest.
 	at map[string]int
 	// budget is the longest the guest's verify runs may take together.
@@ -56,7 +56,7 @@ func (b *builder) optimizeFile(ctx context.Context, tree string, i int, f spec.F
 	made := p.Made()
 	switch {
 	case rep.Kind != binopt.Executable:
-		b.emit(event.New(event.Log, "inject", fmt.Sprintf("%s: not optimized: %s", f.Dst, rep.Reason)).With("kind", string(rep.Kind)))
+		b.emit(event.New(event.Log, "inject", fmt.Sprintf("%s: not optimized: %s", f.Dst, rep.Reason)).With(proto.FieldKind, string(rep.Kind)))
 	case len(made) == 0:
 		b.emit(event.New(event.Log, "inject", fmt.Sprintf("%s: not optimized: nothing smaller: %s", f.Dst, rep.Reason)))
 	case opts.Verify == nil:
@@ -67,18 +67,18 @@ func (b *builder) optimizeFile(ctx context.Context, tree string, i int, f spec.F
 		rep.Chosen = made[0]
 		b.emit(event.New(event.Log, "inject", fmt.Sprintf("%s: installed the %s file, unverified (no optimize.verify): %s", f.Dst, made[0], sizes(rep, cached))))
 	default:
-		item := event.Binary{Dst: f.Dst, Verify: &event.Verify{
+		item := proto.Binary{Dst: f.Dst, Verify: &proto.Verify{
 			Args: opts.Verify.Args, ExitCode: opts.Verify.ExitCode, Output: opts.Verify.Output, Timeout: opts.Verify.Timeout,
 		}}
 		if item.Verify.Timeout <= 0 {
 			item.Verify.Timeout = binopt.DefaultVerifyTimeout
 		}
 		for _, c := range made {
-			guest := path.Join(agent.OptimizeDir, strconv.Itoa(i), string(c), path.Base(f.Dst))
+			guest := path.Join(proto.OptimizeDir, strconv.Itoa(i), string(c), path.Base(f.Dst))
 			if err := copyFile(p.Path(c), filepath.Join(tree, guest), mode); err != nil {
 				return fmt.Errorf("optimize %s: add the %s file: %w", f.Dst, c, err)
 			}
-			item.Candidates = append(item.Candidates, event.Candidate{Name: string(c), Path: guest})
+			item.Candidates = append(item.Candidates, proto.Candidate{Name: string(c), Path: guest})
 		}
 		// The original stays until the guest says otherwise.
 		rep.Chosen = binopt.Original
@@ -110,18 +110,18 @@ func sizes(r binopt.Report, cached bool) string {
 
 // observe records the guest's choice for an optimized file in the manifest.
 func (b *builder) observe(e event.Event) {
-	if e.Kind != event.Log || e.Name != agent.OptimizeStage || e.Fields["dst"] == "" {
+	if e.Kind != event.Log || e.Name != proto.OptimizeStage || e.Fields[proto.FieldDst] == "" {
 		return
 	}
-	i, ok := b.bins.at[e.Fields["dst"]]
+	i, ok := b.bins.at[e.Fields[proto.FieldDst]]
 	if !ok {
 		return
 	}
 	r := &b.man.Binaries[i]
-	r.Chosen = binopt.Candidate(e.Fields["chosen"])
-	r.Verified = e.Fields["verified"] == "true"
+	r.Chosen = binopt.Candidate(e.Fields[proto.FieldChosen])
+	r.Verified = e.Fields[proto.FieldVerified] == "true"
 	var checks []binopt.Check
-	if cj := e.Fields["checks"]; cj != "" {
+	if cj := e.Fields[proto.FieldChecks]; cj != "" {
 		if err := json.Unmarshal([]byte(cj), &checks); err != nil {
 			b.emit(event.New(event.Log, "provision", fmt.Sprintf("%s: unreadable checks from the guest: %v", r.Path, err)))
 		}
@@ -130,7 +130,7 @@ func (b *builder) observe(e event.Event) {
 		r.Duration += c.Duration
 	}
 	r.Checks = append(r.Checks, checks...)
-	if reason := e.Fields["reason"]; reason != "" {
+	if reason := e.Fields[proto.FieldReason]; reason != "" {
 		r.Reason = strings.TrimPrefix(r.Reason+"; "+reason, "; ")
 	}
 }

@@ -14,9 +14,9 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
-	"github.com/emu-dev/emu/internal/agent"
 	"github.com/emu-dev/emu/internal/binopt"
 	"github.com/emu-dev/emu/internal/event"
+	"github.com/emu-dev/emu/internal/proto"
 	"github.com/emu-dev/emu/internal/spec"
 	"github.com/emu-dev/emu/internal/store"
 )
@@ -106,13 +106,13 @@ func TestOptimizeFileForTheGuest(t *testing.T) {
 	src := b.opts.Stack.Files[0].Src
 	inject(t, b, tree, 0, src)
 
-	want := []event.Binary{{
+	want := []proto.Binary{{
 		Dst: "/usr/local/bin/app",
-		Candidates: []event.Candidate{
-			{Name: "compressed", Path: agent.OptimizeDir + "/0/compressed/app"},
-			{Name: "stripped", Path: agent.OptimizeDir + "/0/stripped/app"},
+		Candidates: []proto.Candidate{
+			{Name: "compressed", Path: proto.OptimizeDir + "/0/compressed/app"},
+			{Name: "stripped", Path: proto.OptimizeDir + "/0/stripped/app"},
 		},
-		Verify: &event.Verify{Args: []string{"--version"}, Output: "app 1.0", Timeout: binopt.DefaultVerifyTimeout},
+		Verify: &proto.Verify{Args: []string{"--version"}, Output: "app 1.0", Timeout: binopt.DefaultVerifyTimeout},
 	}}
 	if diff := cmp.Diff(want, b.bins.items); diff != "" {
 		t.Errorf("request items (-want +got):\n%s", diff)
@@ -141,15 +141,15 @@ func TestOptimizeFileForTheGuest(t *testing.T) {
 	}
 
 	// The guest's verdict lands in the manifest.
-	checks := []agent.Check{
+	checks := []proto.Check{
 		{Candidate: "compressed", ExitCode: 1, Reason: "exit code 1, want 0", Duration: time.Second},
 		{Candidate: "stripped", OK: true, Output: "app 1.0", Duration: 2 * time.Second},
 	}
 	cj, _ := json.Marshal(checks)
 	before := r.Duration
-	b.observe(event.New(event.Log, agent.OptimizeStage, "").With("dst", "/usr/local/bin/app").With("chosen", "stripped").
-		With("verified", "true").With("reason", "the compressed file fails its verify (exit code 1, want 0)").With("checks", string(cj)))
-	b.observe(event.New(event.Log, agent.OptimizeStage, "").With("dst", "/elsewhere").With("chosen", "compressed"))
+	b.observe(event.New(event.Log, proto.OptimizeStage, "").With(proto.FieldDst, "/usr/local/bin/app").With(proto.FieldChosen, "stripped").
+		With(proto.FieldVerified, "true").With(proto.FieldReason, "the compressed file fails its verify (exit code 1, want 0)").With(proto.FieldChecks, string(cj)))
+	b.observe(event.New(event.Log, proto.OptimizeStage, "").With(proto.FieldDst, "/elsewhere").With(proto.FieldChosen, "compressed"))
 	r = b.man.Binaries[0]
 	wantChecks := []binopt.Check{
 		{Candidate: binopt.Compressed, ExitCode: 1, Reason: "exit code 1, want 0", Duration: time.Second},
@@ -208,7 +208,7 @@ func TestOptimizeFileWithoutVerify(t *testing.T) {
 	if int64(len(got)) != int64(len(orig))/2/3 || got[0] != 'c' {
 		t.Errorf("dst has %d bytes, want the compressed file's %d", len(got), len(orig)/2/3)
 	}
-	if _, err := os.Stat(filepath.Join(tree, agent.OptimizeDir)); !os.IsNotExist(err) {
+	if _, err := os.Stat(filepath.Join(tree, proto.OptimizeDir)); !os.IsNotExist(err) {
 		t.Errorf("candidates in the tree: %v", err)
 	}
 	if r := b.man.Binaries[0]; r.Chosen != binopt.Compressed || r.Verified {

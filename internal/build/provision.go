@@ -8,11 +8,11 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/emu-dev/emu/internal/agent"
 	"github.com/emu-dev/emu/internal/disk"
 	"github.com/emu-dev/emu/internal/event"
 	"github.com/emu-dev/emu/internal/guest"
 	"github.com/emu-dev/emu/internal/machine"
+	"github.com/emu-dev/emu/internal/proto"
 	"github.com/emu-dev/emu/internal/qemu"
 	"github.com/emu-dev/emu/internal/spec"
 	"github.com/emu-dev/emu/internal/store"
@@ -49,7 +49,7 @@ func (b *builder) provision(ctx context.Context) (map[string]string, error) {
 				Accel:   acc,
 				Kernel:  b.kernel,
 				Initrd:  b.initrd,
-				Cmdline: guest.Cmdline(agent.Provision),
+				Cmdline: guest.Cmdline(proto.Provision),
 				Drive:   qemu.Drive{Path: raw, Format: "raw", Discard: true, Cache: "unsafe"},
 				Extra:   b.imageDrives(),
 				Serial:  serial,
@@ -60,7 +60,7 @@ func (b *builder) provision(ctx context.Context) (map[string]string, error) {
 		},
 		Retry: func() { _ = os.Rename(serial, serial+".1") },
 		Until: event.Done,
-		Hello: []event.Request{req},
+		Hello: []proto.Request{req},
 		// The step waits for the ack: once the agent has it, a crash in
 		// the step is known to be the step's.
 		AckSteps:     true,
@@ -105,13 +105,13 @@ func BakeServices(s *spec.Stack) []string {
 
 // provisionRequest is the bake as the agent runs it; ids are the image IDs
 // of the stack's image references.
-func provisionRequest(s *spec.Stack, ids map[string]string) event.Request {
-	req := event.Request{Op: event.OpProvision, Slim: s.Slim.Remove, Services: BakeServices(s), Prune: s.UsesContainers()}
+func provisionRequest(s *spec.Stack, ids map[string]string) proto.Request {
+	req := proto.Request{Op: proto.OpProvision, Slim: s.Slim.Remove, Services: BakeServices(s), Prune: s.UsesContainers()}
 	if s.UsesContainers() {
 		req.Slim = append(append([]string(nil), s.Slim.Remove...), spec.EngineSlim...)
 	}
 	for _, st := range s.Bake {
-		req.Steps = append(req.Steps, event.Step{
+		req.Steps = append(req.Steps, proto.Step{
 			Name: st.Name, Run: st.Run, Env: st.Env, User: st.User, Dir: st.Dir, Timeout: st.Timeout.D(),
 		})
 	}

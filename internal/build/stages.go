@@ -10,9 +10,9 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/emu-dev/emu/internal/agent"
 	"github.com/emu-dev/emu/internal/disk"
 	"github.com/emu-dev/emu/internal/guest"
+	"github.com/emu-dev/emu/internal/proto"
 	"github.com/emu-dev/emu/internal/store"
 )
 
@@ -38,7 +38,7 @@ func (b *builder) inject(ctx context.Context) (map[string]string, error) {
 			return nil, err
 		}
 	}
-	if err := copyFile(b.opts.AgentBinary, filepath.Join(tree, agent.BinaryPath), 0o755); err != nil {
+	if err := copyFile(b.opts.AgentBinary, filepath.Join(tree, proto.BinaryPath), 0o755); err != nil {
 		return nil, fmt.Errorf("add agent: %w", err)
 	}
 	files, err := guest.Render(b.opts.Stack, b.imageIDs)

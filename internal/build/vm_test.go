@@ -24,6 +24,7 @@ import (
 	"github.com/emu-dev/emu/internal/disk"
 	"github.com/emu-dev/emu/internal/event"
 	"github.com/emu-dev/emu/internal/machine"
+	"github.com/emu-dev/emu/internal/proto"
 	"github.com/emu-dev/emu/internal/qemu"
 	"github.com/emu-dev/emu/internal/spec"
 	"github.com/emu-dev/emu/internal/store"
@@ -769,10 +770,10 @@ func BenchmarkVMStepAck(b *testing.B) {
 			if ev.Kind != event.StepDone {
 				continue
 			}
-			a, aerr := time.ParseDuration(ev.Fields[event.FieldAck])
+			a, aerr := time.ParseDuration(ev.Fields[proto.FieldAck])
 			r, rerr := time.ParseDuration(ev.Msg)
 			if aerr != nil || rerr != nil {
-				b.Fatalf("step.done %s: ack %q, took %q", ev.Name, ev.Fields[event.FieldAck], ev.Msg)
+				b.Fatalf("step.done %s: ack %q, took %q", ev.Name, ev.Fields[proto.FieldAck], ev.Msg)
 			}
 			acks, runs = append(acks, a), append(runs, r)
 		}

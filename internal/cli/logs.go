@@ -7,8 +7,8 @@ import (
 	"os"
 	"time"
 
-	"github.com/emu-dev/emu/internal/event"
 	"github.com/emu-dev/emu/internal/machine"
+	"github.com/emu-dev/emu/internal/proto"
 	"github.com/emu-dev/emu/internal/spec"
 	"github.com/emu-dev/emu/internal/store"
 )
@@ -81,7 +81,7 @@ func printJournal(ctx context.Context, w io.Writer, inst store.Instance, service
 		// No cursor yet (the journal was empty): everything is new.
 		n := 0
 		if cursor == "" {
-			n = event.MaxJournalLines
+			n = proto.MaxJournalLines
 		}
 		page, err := machine.Journal(ctx, inst.Agent(), service, n, cursor)
 		printLines(w, page.Lines)

@@ -62,10 +62,6 @@ type Event struct {
 	Fields map[string]string `json:"fields,omitempty"`
 }
 
-// FieldAck on a step.done is how long the agent waited for the host's
-// acknowledgement of the step's start (Request.AckSteps).
-const FieldAck = "ack"
-
 // New returns an event stamped with the current time.
 func New(kind Kind, name, msg string) Event {
 	return Event{Time: time.Now().UTC(), Kind: kind, Name: name, Msg: msg}

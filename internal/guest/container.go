@@ -8,15 +8,15 @@ import (
 	"sort"
 	"strings"
 
-	"github.com/emu-dev/emu/internal/agent"
+	"github.com/emu-dev/emu/internal/proto"
 	"github.com/emu-dev/emu/internal/spec"
 )
 
 // Podman is the engine's binary in the guest.
-const Podman = agent.PodmanPath
+const Podman = proto.PodmanPath
 
 // ContainerEnvDir holds each container service's env file (the stack's
-// env); the runtime's (agent.ContainerEnvFile) is read after it, so it wins.
+// env); the runtime's (proto.ContainerEnvFile) is read after it, so it wins.
 const ContainerEnvDir = "/etc/emu/containers"
 
 // EngineConf is emu's drop-in for podman's containers.conf.
@@ -45,7 +45,7 @@ func containerUnit(s *spec.Stack, name string, svc spec.Service, id string) (uni
 	unitHead(&b, s, name, "container", svc)
 	args := []string{Podman, "run", "--name=" + ContainerName(name), "--replace", "--rm",
 		"--pull=never", "--network=host", "--cgroups=split", "--log-driver=passthrough",
-		"--env-file=" + ContainerEnvDir + "/" + name + ".env", "--env-file=" + agent.ContainerEnvFile}
+		"--env-file=" + ContainerEnvDir + "/" + name + ".env", "--env-file=" + proto.ContainerEnvFile}
 	args = append(args, volumeArgs(svc.Volumes)...)
 	if svc.User != "" {
 		args = append(args, "--user="+svc.User)

@@ -14,7 +14,7 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/emu-dev/emu/internal/agent"
+	"github.com/emu-dev/emu/internal/proto"
 	"github.com/emu-dev/emu/internal/spec"
 )
 
@@ -31,7 +31,7 @@ type File struct {
 const RootDevice = "/dev/vda"
 
 // Cmdline returns the kernel command line for mode (provision or run).
-func Cmdline(mode agent.Mode) string {
+func Cmdline(mode proto.Mode) string {
 	return strings.Join([]string{
 		"root=" + RootDevice, "rw", "console=ttyS0", "panic=-1", "loglevel=4",
 		"net.ifnames=0", "systemd.show_status=error", "systemd.firstboot=off",
@@ -64,9 +64,9 @@ func Render(s *spec.Stack, images map[string]string) ([]File, error) {
 		return nil, fmt.Errorf("render agent config: %w", err)
 	}
 	files := []File{
-		{Path: agent.ConfigPath, Mode: 0o644, Data: append(cj, '\n')},
-		{Path: "/etc/systemd/system/" + agent.UnitName, Mode: 0o644, Data: []byte(agentUnit)},
-		{Path: "/etc/systemd/system/sysinit.target.wants/" + agent.UnitName, Link: "/etc/systemd/system/" + agent.UnitName},
+		{Path: proto.ConfigPath, Mode: 0o644, Data: append(cj, '\n')},
+		{Path: "/etc/systemd/system/" + proto.UnitName, Mode: 0o644, Data: []byte(agentUnit)},
+		{Path: "/etc/systemd/system/sysinit.target.wants/" + proto.UnitName, Link: "/etc/systemd/system/" + proto.UnitName},
 		{Path: "/etc/modules-load.d/emu.conf", Mode: 0o644, Data: []byte("# emu: the host channel and entropy\nvirtio_console\nvirtio_rng\n")},
 		{Path: "/etc/fstab", Mode: 0o644, Data: []byte("# emu: one ext4 filesystem on the virtio disk\n" + RootDevice + " / ext4 rw,errors=remount-ro 0 0\n")},
 		{Path: "/etc/hostname", Mode: 0o644, Data: []byte(s.Name + "\n")},
@@ -105,11 +105,11 @@ func Render(s *spec.Stack, images map[string]string) ([]File, error) {
 }
 
 // AgentConfig is the agent's view of s: services in start order.
-func AgentConfig(s *spec.Stack) agent.Config {
-	cfg := agent.Config{Stack: s.Name}
+func AgentConfig(s *spec.Stack) proto.Config {
+	cfg := proto.Config{Stack: s.Name}
 	for _, name := range s.StartOrder() {
 		svc := s.Services[name]
-		h := agent.Health{TCP: svc.Health.TCP, Exec: svc.Health.Exec, Timeout: svc.Health.Timeout.D()}
+		h := proto.Health{TCP: svc.Health.TCP, Exec: svc.Health.Exec, Timeout: svc.Health.Timeout.D()}
 		if svc.Health.HTTP != nil {
 			h.HTTPPort, h.HTTPPath, h.HTTPStatus = svc.Health.HTTP.Port, svc.Health.HTTP.Path, svc.Health.HTTP.Status
 		}
@@ -117,7 +117,7 @@ func AgentConfig(s *spec.Stack) agent.Config {
 		for _, p := range svc.Ports {
 			ports = append(ports, portLabel(p)+"="+strconv.Itoa(p.Guest))
 		}
-		cfg.Services = append(cfg.Services, agent.Service{
+		cfg.Services = append(cfg.Services, proto.Service{
 			Name: name, Unit: UnitName(name, svc), After: svc.After, Health: h, Ports: ports,
 		})
 	}
@@ -143,7 +143,7 @@ Before=shutdown.target
 
 [Service]
 Type=simple
-ExecStart=` + agent.BinaryPath + `
+ExecStart=` + proto.BinaryPath + `
 StandardOutput=journal+console
 StandardError=journal+console
 KillMode=process

@@ -14,6 +14,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/emu-dev/emu/internal/agent"
+	"github.com/emu-dev/emu/internal/proto"
 	"github.com/emu-dev/emu/internal/spec"
 )
 
@@ -168,11 +169,11 @@ func TestRenderSkipsUnitServices(t *testing.T) {
 
 func TestCmdline(t *testing.T) {
 	for _, tc := range []struct {
-		mode agent.Mode
+		mode proto.Mode
 		want string
 	}{
-		{agent.Provision, "root=/dev/vda rw console=ttyS0 panic=-1 loglevel=4 net.ifnames=0 systemd.show_status=error systemd.firstboot=off emu.mode=provision"},
-		{agent.Run, "root=/dev/vda rw console=ttyS0 panic=-1 loglevel=4 net.ifnames=0 systemd.show_status=error systemd.firstboot=off emu.mode=run"},
+		{proto.Provision, "root=/dev/vda rw console=ttyS0 panic=-1 loglevel=4 net.ifnames=0 systemd.show_status=error systemd.firstboot=off emu.mode=provision"},
+		{proto.Run, "root=/dev/vda rw console=ttyS0 panic=-1 loglevel=4 net.ifnames=0 systemd.show_status=error systemd.firstboot=off emu.mode=run"},
 	} {
 		t.Run(string(tc.mode), func(t *testing.T) {
 			if got := Cmdline(tc.mode); got != tc.want {
@@ -367,30 +368,30 @@ func unescapeSpecial(w string, c byte) (string, error) {
 
 func TestAgentConfig(t *testing.T) {
 	got := AgentConfig(parse(t, demoYAML))
-	want := agent.Config{Stack: "shop", Services: []agent.Service{
+	want := proto.Config{Stack: "shop", Services: []proto.Service{
 		{
 			Name: "cache", Unit: "emu-cache.service",
-			Health: agent.Health{Exec: []string{"/usr/bin/valkey-cli", "ping"}, Timeout: 30 * time.Second},
+			Health: proto.Health{Exec: []string{"/usr/bin/valkey-cli", "ping"}, Timeout: 30 * time.Second},
 		},
 		{
 			Name: "db", Unit: "postgresql.service",
-			Health: agent.Health{TCP: 5432, Timeout: 3 * time.Minute},
+			Health: proto.Health{TCP: 5432, Timeout: 3 * time.Minute},
 		},
 		{
 			Name: "api", Unit: "emu-api.service", After: []string{"db", "cache"},
-			Health: agent.Health{HTTPPort: 8080, HTTPPath: "/health", HTTPStatus: 200, Timeout: 2 * time.Minute},
+			Health: proto.Health{HTTPPort: 8080, HTTPPath: "/health", HTTPStatus: 200, Timeout: 2 * time.Minute},
 			Ports:  []string{"http=8080", "9090=9090"},
 		},
 		{
 			Name: "worker", Unit: "emu-worker.service", After: []string{"api"},
-			Health: agent.Health{HTTPPort: 8081, HTTPPath: "/ready", HTTPStatus: 204, Timeout: 2 * time.Minute},
+			Health: proto.Health{HTTPPort: 8081, HTTPPath: "/ready", HTTPStatus: 204, Timeout: 2 * time.Minute},
 		},
 	}}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("AgentConfig (-want +got):\n%s", diff)
 	}
 
-	if got := AgentConfig(parse(t, minimalYAML)); !cmp.Equal(agent.Config{Stack: "tiny"}, got) {
+	if got := AgentConfig(parse(t, minimalYAML)); !cmp.Equal(proto.Config{Stack: "tiny"}, got) {
 		t.Errorf("AgentConfig(no services) = %+v", got)
 	}
 }
@@ -443,7 +444,7 @@ func TestWrite(t *testing.T) {
 	}
 
 	// The agent reads back the config the host wrote.
-	cfg, err := agent.LoadConfig(filepath.Join(root, agent.ConfigPath))
+	cfg, err := agent.LoadConfig(filepath.Join(root, proto.ConfigPath))
 	if err != nil {
 		t.Fatal(err)
 	}

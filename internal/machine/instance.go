@@ -15,11 +15,11 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/emu-dev/emu/internal/accel"
-	"github.com/emu-dev/emu/internal/agent"
 	"github.com/emu-dev/emu/internal/bundle"
 	"github.com/emu-dev/emu/internal/command"
 	"github.com/emu-dev/emu/internal/disk"
 	"github.com/emu-dev/emu/internal/event"
+	"github.com/emu-dev/emu/internal/proto"
 	"github.com/emu-dev/emu/internal/qemu"
 	"github.com/emu-dev/emu/internal/qmp"
 	"github.com/emu-dev/emu/internal/store"
@@ -185,11 +185,11 @@ func Up(ctx context.Context, o UpOptions) (Info, error) {
 			return Info{}, err
 		}
 	}
-	rt := agent.Runtime{Instance: inst.Name, Env: o.Env}
+	rt := proto.Runtime{Instance: inst.Name, Env: o.Env}
 	var fwd []qemu.Forward
 	for _, p := range o.Ports {
 		fwd = append(fwd, qemu.Forward{HostAddr: "127.0.0.1", HostPort: p.Host, GuestPort: p.Guest})
-		rt.Ports = append(rt.Ports, agent.RuntimePort{Service: p.Service, Name: p.Name, Guest: p.Guest, Host: p.Host})
+		rt.Ports = append(rt.Ports, proto.RuntimePort{Service: p.Service, Name: p.Name, Guest: p.Guest, Host: p.Host})
 	}
 	rb, err := json.Marshal(rt)
 	if err != nil {
@@ -267,7 +267,7 @@ func startInstance(ctx context.Context, o UpOptions, fwd []qemu.Forward, sum str
 		AgentSocket: inst.Agent(),
 		QMPSocket:   inst.QMP(),
 		Forwards:    fwd,
-		FWCfg:       []qemu.FWCfgFile{{Name: agent.RuntimeFWCfg, Path: inst.Runtime()}},
+		FWCfg:       []qemu.FWCfgFile{{Name: proto.RuntimeFWCfg, Path: inst.Runtime()}},
 		Detach:      true,
 		QEMU:        o.QEMU,
 		Log:         o.Log,
@@ -313,7 +313,7 @@ func Stop(ctx context.Context, inst store.Instance, log *slog.Logger, say func(s
 
 	say("asking the guest agent to shut down")
 	if vm, err := Connect(ctx, inst.Agent()); err == nil {
-		serr := vm.Send(event.Request{Op: event.OpShutdown})
+		serr := vm.Send(proto.Request{Op: proto.OpShutdown})
 		if serr == nil && exited(PowerOffTimeout) {
 			vm.Close()
 			say("guest powered off")
@@ -383,7 +383,7 @@ func AgentStatus(ctx context.Context, sock string, d time.Duration) (event.Statu
 		return st, err
 	}
 	defer vm.Close()
-	if err := vm.Send(event.Request{Op: event.OpStatus}); err != nil {
+	if err := vm.Send(proto.Request{Op: proto.OpStatus}); err != nil {
 		return st, err
 	}
 	end, _ := follow(ctx, vm, nil, func(e event.Event) (bool, error) {

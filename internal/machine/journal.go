@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/emu-dev/emu/internal/event"
+	"github.com/emu-dev/emu/internal/proto"
 )
 
 // JournalPage is one answer to a journal request.
@@ -20,7 +21,7 @@ type JournalPage struct {
 }
 
 // Journal fetches a service's journal through the agent: its last lines
-// lines or, with cursor, the lines after it (up to event.MaxJournalLines).
+// lines or, with cursor, the lines after it (up to proto.MaxJournalLines).
 func Journal(ctx context.Context, sock, service string, lines int, cursor string) (JournalPage, error) {
 	var page JournalPage
 	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
@@ -31,22 +32,22 @@ func Journal(ctx context.Context, sock, service string, lines int, cursor string
 	}
 	defer vm.Close()
 	id := randomID()
-	if err := vm.Send(event.Request{Op: event.OpLogs, Service: service, Lines: lines, Cursor: cursor, ID: id}); err != nil {
+	if err := vm.Send(proto.Request{Op: proto.OpLogs, Service: service, Lines: lines, Cursor: cursor, ID: id}); err != nil {
 		return page, err
 	}
 	var jerr error
 	end, _ := follow(ctx, vm, nil, func(e event.Event) (bool, error) {
 		// An answer queued for an earlier connection has another
 		// request's ID; an older agent sends none.
-		if e.Kind != event.Log || e.Name != service || (e.Fields["req"] != "" && e.Fields["req"] != id) {
+		if e.Kind != event.Log || e.Name != service || (e.Fields[proto.FieldReq] != "" && e.Fields[proto.FieldReq] != id) {
 			return false, nil
 		}
-		if e.Fields["end"] == "true" {
-			if msg := e.Fields["error"]; msg != "" {
+		if e.Fields[proto.FieldEnd] == "true" {
+			if msg := e.Fields[proto.FieldError]; msg != "" {
 				jerr = errors.New(msg)
 				return true, nil
 			}
-			page.Cursor, page.Cursors = e.Fields["cursor"]
+			page.Cursor, page.Cursors = e.Fields[proto.FieldCursor]
 			return true, nil
 		}
 		page.Lines = append(page.Lines, e.Msg)

@@ -10,11 +10,12 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/emu-dev/emu/internal/event"
+	"github.com/emu-dev/emu/internal/proto"
 )
 
 // fakeAgent answers one journal request on a unix socket with what answer
 // returns for it.
-func fakeAgent(t *testing.T, answer func(event.Request) []event.Event) string {
+func fakeAgent(t *testing.T, answer func(proto.Request) []event.Event) string {
 	t.Helper()
 	sock := filepath.Join(t.TempDir(), "agent.sock")
 	ln, err := net.Listen("unix", sock)
@@ -32,7 +33,7 @@ func fakeAgent(t *testing.T, answer func(event.Request) []event.Event) string {
 		if err != nil {
 			return
 		}
-		req, err := event.ParseRequest(line)
+		req, err := proto.ParseRequest(line)
 		if err != nil {
 			return
 		}
@@ -45,16 +46,16 @@ func fakeAgent(t *testing.T, answer func(event.Request) []event.Event) string {
 }
 
 func TestJournalSkipsOtherAnswers(t *testing.T) {
-	var got event.Request
-	sock := fakeAgent(t, func(req event.Request) []event.Event {
+	var got proto.Request
+	sock := fakeAgent(t, func(req proto.Request) []event.Event {
 		got = req
-		log := func(msg, id string) event.Event { return event.New(event.Log, "api", msg).With("req", id) }
+		log := func(msg, id string) event.Event { return event.New(event.Log, "api", msg).With(proto.FieldReq, id) }
 		return []event.Event{
 			// Queued for a host that left: another request's answer.
-			log("stale", "old"), log("", "old").With("end", "true").With("cursor", "c0"),
+			log("stale", "old"), log("", "old").With(proto.FieldEnd, "true").With(proto.FieldCursor, "c0"),
 			event.New(event.Log, "db", "another service"),
 			log("one", req.ID), log("two", req.ID),
-			log("", req.ID).With("end", "true").With("cursor", "c2"),
+			log("", req.ID).With(proto.FieldEnd, "true").With(proto.FieldCursor, "c2"),
 		}
 	})
 	page, err := Journal(context.Background(), sock, "api", 0, "c0")
@@ -65,16 +66,16 @@ func TestJournalSkipsOtherAnswers(t *testing.T) {
 	if diff := cmp.Diff(want, page); diff != "" {
 		t.Errorf("page (-want +got):\n%s", diff)
 	}
-	if got.Op != event.OpLogs || got.Service != "api" || got.Cursor != "c0" || got.ID == "" {
+	if got.Op != proto.OpLogs || got.Service != "api" || got.Cursor != "c0" || got.ID == "" {
 		t.Errorf("request = %+v", got)
 	}
 }
 
 func TestJournalOldAgent(t *testing.T) {
-	sock := fakeAgent(t, func(req event.Request) []event.Event {
+	sock := fakeAgent(t, func(req proto.Request) []event.Event {
 		return []event.Event{
 			event.New(event.Log, "api", "one"),
-			event.New(event.Log, "api", "").With("end", "true"),
+			event.New(event.Log, "api", "").With(proto.FieldEnd, "true"),
 		}
 	})
 	page, err := Journal(context.Background(), sock, "api", 10, "")
@@ -87,8 +88,8 @@ func TestJournalOldAgent(t *testing.T) {
 }
 
 func TestJournalError(t *testing.T) {
-	sock := fakeAgent(t, func(req event.Request) []event.Event {
-		return []event.Event{event.New(event.Log, "nope", "").With("end", "true").With("req", req.ID).With("error", `no service "nope"`)}
+	sock := fakeAgent(t, func(req proto.Request) []event.Event {
+		return []event.Event{event.New(event.Log, "nope", "").With(proto.FieldEnd, "true").With(proto.FieldReq, req.ID).With(proto.FieldError, `no service "nope"`)}
 	})
 	if _, err := Journal(context.Background(), sock, "nope", 10, ""); err == nil || err.Error() != `no service "nope"` {
 		t.Errorf("Journal = %v", err)

@@ -9,6 +9,7 @@ import (
 
 	"github.com/emu-dev/emu/internal/command"
 	"github.com/emu-dev/emu/internal/event"
+	"github.com/emu-dev/emu/internal/proto"
 )
 
 // Guest is a booted QEMU and its agent channel: what a Session drives.
@@ -21,7 +22,7 @@ type Guest interface {
 	Exited() <-chan struct{}
 	// ExitErr is how QEMU ended, once Exited is closed.
 	ExitErr() error
-	Send(event.Request) error
+	Send(proto.Request) error
 	// Console is the serial console's log file.
 	Console() string
 	// Stop ends QEMU: SIGTERM, up to grace, SIGKILL.
@@ -60,7 +61,7 @@ type Session struct {
 	// event.Done (the agent finished its work and powers off).
 	Until event.Kind
 	// Hello is sent to the agent once it says hello.
-	Hello []event.Request
+	Hello []proto.Request
 	// AckSteps acknowledges each step.start, as Request.AckSteps asks.
 	AckSteps bool
 	// HelloTimeout bounds boot to hello; Timeout the whole of Run, retry
@@ -252,7 +253,7 @@ func (s *Session) handle(g Guest, e event.Event, begin time.Time) (bool, error) 
 		if s.AckSteps {
 			// A send that fails means the guest is going; its end is
 			// reported from QEMU's exit or the channel's.
-			_ = g.Send(event.Request{Op: event.OpAck, ID: e.Name})
+			_ = g.Send(proto.Request{Op: proto.OpAck, ID: e.Name})
 		}
 	case event.ServiceUnhealthy:
 		if s.Until == event.Ready {
@@ -333,7 +334,7 @@ func (s *Session) failure(g Guest, e event.Event) *GuestError {
 			if it.State == event.Unhealthy && it.Msg != "" {
 				ge.Err = errors.New(it.Msg)
 			}
-			if j := it.Fields["journal"]; j != "" {
+			if j := it.Fields[proto.FieldJournal]; j != "" {
 				ge.Tail, ge.TailFrom = command.LastLines(j, journalTail), "its journal"
 			}
 			return ge
@@ -430,7 +431,7 @@ func (s *Session) PowerOff(ctx context.Context, d time.Duration) (time.Duration,
 // Shutdown asks the agent to stop the services and power the guest off,
 // then waits for that as PowerOff does.
 func (s *Session) Shutdown(ctx context.Context, d time.Duration) (time.Duration, error) {
-	if err := s.guest.Send(event.Request{Op: event.OpShutdown}); err != nil {
+	if err := s.guest.Send(proto.Request{Op: proto.OpShutdown}); err != nil {
 		s.stop(ctx, s.guest)
 		return 0, err
 	}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/emu-dev/emu/internal/event"
+	"github.com/emu-dev/emu/internal/proto"
 )
 
 // fakeGuest is a QEMU and agent channel the test scripts: it sends the
@@ -22,7 +23,7 @@ type fakeGuest struct {
 	console string
 
 	mu      sync.Mutex
-	sent    []event.Request
+	sent    []proto.Request
 	stopped int
 	closed  int
 	once    sync.Once
@@ -43,7 +44,7 @@ func (f *fakeGuest) Exited() <-chan struct{}    { return f.exited }
 func (f *fakeGuest) ExitErr() error             { return f.exitErr }
 func (f *fakeGuest) Console() string            { return f.console }
 
-func (f *fakeGuest) Send(r event.Request) error {
+func (f *fakeGuest) Send(r proto.Request) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.sent = append(f.sent, r)
@@ -80,10 +81,10 @@ func (f *fakeGuest) send(evs ...event.Event) {
 	}
 }
 
-func (f *fakeGuest) requests() []event.Request {
+func (f *fakeGuest) requests() []proto.Request {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return append([]event.Request(nil), f.sent...)
+	return append([]proto.Request(nil), f.sent...)
 }
 
 func (f *fakeGuest) stops() int {
@@ -132,14 +133,14 @@ func TestSessionReady(t *testing.T) {
 	g := newFake(t, "")
 	g.send(ev(event.Hello, "demo", "agent up"), ev(event.ServiceHealthy, "api", ""), ev(event.Ready, "", ""))
 	s, rec, boots := session(event.Ready, g)
-	s.Hello = []event.Request{{Op: event.OpStatus}}
+	s.Hello = []proto.Request{{Op: proto.OpStatus}}
 	if err := s.Run(context.Background()); err != nil {
 		t.Fatalf("Run: %v", err)
 	}
 	if *boots != 1 || g.stops() != 0 {
 		t.Errorf("boots=%d stops=%d, want 1 and 0 (a ready guest keeps running)", *boots, g.stops())
 	}
-	if r := g.requests(); len(r) != 1 || r[0].Op != event.OpStatus {
+	if r := g.requests(); len(r) != 1 || r[0].Op != proto.OpStatus {
 		t.Errorf("sent %v, want the hello requests", r)
 	}
 	if st := s.Status(); !st.Ready || len(rec.Events()) != 3 {
@@ -273,7 +274,7 @@ func TestSessionStepFailed(t *testing.T) {
 	if g.stops() != 1 {
 		t.Errorf("a failed guest was stopped %d times, want 1", g.stops())
 	}
-	if r := g.requests(); len(r) != 1 || r[0].Op != event.OpAck || r[0].ID != "migrate" {
+	if r := g.requests(); len(r) != 1 || r[0].Op != proto.OpAck || r[0].ID != "migrate" {
 		t.Errorf("sent %v, want one ack of migrate", r)
 	}
 	if st := event.FoldAll(rec.Events()); !st.Failed {
@@ -284,7 +285,7 @@ func TestSessionStepFailed(t *testing.T) {
 func TestSessionServiceUnhealthy(t *testing.T) {
 	g := newFake(t, "")
 	g.send(ev(event.Hello, "", ""), ev(event.ServiceStarting, "api", ""),
-		ev(event.ServiceUnhealthy, "api", "http 503").With("journal", "line 1\nlisten: address in use\n"))
+		ev(event.ServiceUnhealthy, "api", "http 503").With(proto.FieldJournal, "line 1\nlisten: address in use\n"))
 	s, _, _ := session(event.Ready, g)
 	err := s.Run(context.Background())
 	ge := guestErr(t, err)
@@ -357,7 +358,7 @@ func TestSessionShutdown(t *testing.T) {
 	if _, err := s.Shutdown(context.Background(), 5*time.Second); err != nil {
 		t.Fatalf("Shutdown: %v", err)
 	}
-	if r := g.requests(); len(r) != 1 || r[0].Op != event.OpShutdown {
+	if r := g.requests(); len(r) != 1 || r[0].Op != proto.OpShutdown {
 		t.Errorf("sent %v, want shutdown", r)
 	}
 	if g.stops() != 0 {

@@ -19,6 +19,7 @@ import (
 
 	"github.com/emu-dev/emu/internal/accel"
 	"github.com/emu-dev/emu/internal/event"
+	"github.com/emu-dev/emu/internal/proto"
 	"github.com/emu-dev/emu/internal/qemu"
 	"github.com/emu-dev/emu/internal/spec"
 )
@@ -220,8 +221,8 @@ func (vm *VM) ExitErr() error {
 func (vm *VM) Console() string { return vm.SerialPath }
 
 // Send writes one request to the agent.
-func (vm *VM) Send(r event.Request) error {
-	b, err := event.EncodeRequest(r)
+func (vm *VM) Send(r proto.Request) error {
+	b, err := proto.EncodeRequest(r)
 	if err != nil {
 		return err
 	}

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/emu-dev/emu/internal/event"
+	"github.com/emu-dev/emu/internal/proto"
 )
 
 // plainLines renders e, already folded into r.status, as the lines Plain
@@ -34,7 +35,7 @@ func (r *Renderer) describe(e event.Event) string {
 	switch e.Kind {
 	case event.Hello:
 		line := withMsg("agent: connected", e.Msg)
-		if v := e.Fields["version"]; v != "" {
+		if v := e.Fields[proto.FieldVersion]; v != "" {
 			line += " (version " + v + ")"
 		}
 		return line

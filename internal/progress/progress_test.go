@@ -15,6 +15,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/emu-dev/emu/internal/event"
+	"github.com/emu-dev/emu/internal/proto"
 )
 
 var update = flag.Bool("update", false, "rewrite testdata/*.golden")
@@ -31,11 +32,11 @@ func ms(n int) time.Duration { return time.Duration(n) * time.Millisecond }
 func buildEvents() []event.Event {
 	return []event.Event{
 		at(0, event.StageStart, "rootfs", ""),
-		at(ms(12300), event.StageDone, "rootfs", "").With("cached", "true"),
+		at(ms(12300), event.StageDone, "rootfs", "").With(proto.FieldCached, "true"),
 		at(ms(12300), event.StageStart, "disk", ""),
-		at(ms(15000), event.StageDone, "disk", "").With("size", "348200000"),
+		at(ms(15000), event.StageDone, "disk", "").With(proto.FieldSize, "348200000"),
 		at(ms(15000), event.StageStart, "provision", ""),
-		at(ms(16000), event.Hello, "", "").With("version", "0.1.0"),
+		at(ms(16000), event.Hello, "", "").With(proto.FieldVersion, "0.1.0"),
 		at(ms(17000), event.StepStart, "migrate", ""),
 		at(ms(17500), event.StepOutput, "migrate", "applying 001_init.sql"),
 		at(ms(18000), event.StepOutput, "migrate", "applying 002_users.sql\r\n"),
@@ -54,7 +55,7 @@ func buildEvents() []event.Event {
 func upEvents() []event.Event {
 	return []event.Event{
 		at(0, event.StageStart, "boot", ""),
-		at(ms(1500), event.Hello, "", "").With("version", "0.1.0"),
+		at(ms(1500), event.Hello, "", "").With(proto.FieldVersion, "0.1.0"),
 		at(ms(1500), event.StageDone, "boot", ""),
 		at(ms(1600), event.ServiceStarting, "postgres", ""),
 		at(ms(1600), event.ServiceStarting, "api", ""),

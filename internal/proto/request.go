@@ -1,4 +1,4 @@
-package event
+package proto
 
 import (
 	"encoding/json"
