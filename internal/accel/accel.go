@@ -29,6 +29,9 @@ type Choice struct {
 	Reason string
 	// TimeoutScale multiplies guest-side timeouts: 1 for kvm and hvf.
 	TimeoutScale float64
+	// TBSize is TCG's translation cache in MiB: 0 is qemu.DefaultTBSize,
+	// -1 QEMU's own default (EMU_TCG_TB_SIZE, read by the CLI).
+	TBSize int
 }
 
 // Scale stretches a guest-side allowance by TimeoutScale (never below 1):

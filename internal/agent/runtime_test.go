@@ -11,7 +11,7 @@ import (
 func TestRuntimeEnvFiles(t *testing.T) {
 	rt := proto.Runtime{
 		Instance: "demo",
-		Ports:    []proto.RuntimePort{{Service: "api", Name: "http", Guest: 8080, Host: 26701}},
+		Ports:    []proto.Forward{{Service: "api", Name: "http", Guest: 8080, Host: 26701}},
 		Env:      map[string]string{"GREETING": `say "hi"`, "MULTI": "a\nb"},
 	}
 	dir := t.TempDir()

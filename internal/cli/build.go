@@ -3,9 +3,9 @@ package cli
 import (
 	"context"
 	"fmt"
-	"os"
 	"path/filepath"
 	"runtime"
+	"strconv"
 
 	"github.com/emu-dev/emu/internal/accel"
 	"github.com/emu-dev/emu/internal/build"
@@ -37,7 +37,7 @@ func runBuild(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	home, err := store.Default()
+	home, err := store.FromEnv(e.getenv)
 	if err != nil {
 		return err
 	}
@@ -64,7 +64,7 @@ type buildRequest struct {
 // buildStack checks the host and runs the build with progress; emu build
 // and emu up (when the bundle is missing or stale) share it.
 func buildStack(ctx context.Context, e *env, r buildRequest) (*build.Result, error) {
-	agentBin, err := agentBinary()
+	agentBin, err := e.agentBinary()
 	if err != nil {
 		return nil, err
 	}
@@ -72,7 +72,7 @@ func buildStack(ctx context.Context, e *env, r buildRequest) (*build.Result, err
 	if err != nil {
 		return nil, err
 	}
-	mode := progress.Detect(os.Stderr, r.json)
+	mode := progress.Detect(e.stderr, r.json, e.getenv)
 	w := e.stderr
 	if mode == progress.JSON {
 		w = e.stdout
@@ -86,7 +86,7 @@ func buildStack(ctx context.Context, e *env, r buildRequest) (*build.Result, err
 		Accel:         choice,
 		KeepOnFailure: r.keep,
 		SkipVerify:    r.skipVerify,
-		NoFlatten:     os.Getenv("EMU_FLATTEN") == "0",
+		NoFlatten:     e.getenv("EMU_FLATTEN") == "0",
 		Sink:          view,
 		Log:           e.log,
 		Version:       Version,
@@ -117,7 +117,23 @@ func checkHost(ctx context.Context, e *env, home store.Home, dir, arch, accelOve
 	if rep.Accel.Accel == "tcg" && accelOverride == "" {
 		fmt.Fprintf(e.stderr, "warning: no hardware acceleration, guests run under tcg (slower): %s\n", rep.Accel.Reason)
 	}
-	return rep.Accel, nil
+	choice := rep.Accel
+	choice.TBSize = tbSize(e.getenv("EMU_TCG_TB_SIZE"))
+	return choice, nil
+}
+
+// tbSize is EMU_TCG_TB_SIZE: TCG's translation cache in MiB, for a stack
+// whose code outgrows qemu.DefaultTBSize ("default" means QEMU's own). It
+// is 0, qemu.DefaultTBSize, when unset or not understood.
+func tbSize(v string) int {
+	if v == "default" {
+		return -1
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 {
+		return 0
+	}
+	return n
 }
 
 func runDoctor(ctx context.Context, e *env, args []string) error {
@@ -127,7 +143,7 @@ func runDoctor(ctx context.Context, e *env, args []string) error {
 	if _, err := parse(fs, args); err != nil {
 		return err
 	}
-	home, err := store.Default()
+	home, err := store.FromEnv(e.getenv)
 	if err != nil {
 		return err
 	}

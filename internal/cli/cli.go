@@ -32,6 +32,8 @@ type env struct {
 	stdout, stderr io.Writer
 	log            *slog.Logger
 	debug          bool
+	// getenv is the one way verbs read the environment (os.Getenv).
+	getenv func(string) string
 }
 
 type verb struct {
@@ -60,7 +62,7 @@ func init() {
 // Main runs emu with args (without the program name) and returns the exit
 // code.
 func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	e := &env{stdout: stdout, stderr: stderr}
+	e := &env{stdout: stdout, stderr: stderr, getenv: os.Getenv}
 	var rest []string
 	for _, a := range args {
 		switch a {
@@ -186,8 +188,8 @@ func parse(fs *flag.FlagSet, args []string) ([]string, error) {
 }
 
 // agentBinary finds the guest agent: EMU_AGENT, or emu-agent beside emu.
-func agentBinary() (string, error) {
-	if p := os.Getenv("EMU_AGENT"); p != "" {
+func (e *env) agentBinary() (string, error) {
+	if p := e.getenv("EMU_AGENT"); p != "" {
 		if _, err := os.Stat(p); err != nil {
 			return "", fmt.Errorf("guest agent from EMU_AGENT: %w", err)
 		}

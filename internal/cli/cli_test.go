@@ -74,13 +74,13 @@ func TestAgentBinaryFromEnv(t *testing.T) {
 	p := filepath.Join(t.TempDir(), "emu-agent")
 	os.WriteFile(p, []byte("x"), 0o755)
 	t.Setenv("EMU_AGENT", p)
-	got, err := agentBinary()
+	got, err := (&env{getenv: os.Getenv}).agentBinary()
 	if err != nil || got != p {
-		t.Errorf("agentBinary() = %q, %v; want %q", got, err, p)
+		t.Errorf("(&env{getenv: os.Getenv}).agentBinary() = %q, %v; want %q", got, err, p)
 	}
 	t.Setenv("EMU_AGENT", p+".missing")
-	if _, err := agentBinary(); err == nil {
-		t.Errorf("agentBinary() with a missing EMU_AGENT: no error")
+	if _, err := (&env{getenv: os.Getenv}).agentBinary(); err == nil {
+		t.Errorf("(&env{getenv: os.Getenv}).agentBinary() with a missing EMU_AGENT: no error")
 	}
 }
 
@@ -90,5 +90,51 @@ func TestParseInterspersed(t *testing.T) {
 	pos, err := parse(fs, []string{"dir", "--json"})
 	if err != nil || !*j || len(pos) != 1 || pos[0] != "dir" {
 		t.Errorf("parse = %v, %v, json=%v", pos, err, *j)
+	}
+}
+
+// down and reset report as events: with --json, JSON lines on stdout
+// ending in one done; without, the same outcome as a line on stderr.
+func TestDownResetJSON(t *testing.T) {
+	home := t.TempDir()
+	t.Setenv("EMU_HOME", home)
+	// An instance with data and no QEMU: down says it is not running,
+	// reset removes the data.
+	inst := filepath.Join(home, "state", "instances", "demo")
+	if err := os.MkdirAll(inst, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(inst, "overlay.qcow2"), []byte("data"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		verb, last string
+		gone       bool
+	}{
+		{"down", "demo is not running", false},
+		{"reset", "demo reset: its data is gone; the image is kept", true},
+	} {
+		out, errs, code := run(t, tc.verb, "--json", "demo")
+		if code != ExitOK {
+			t.Fatalf("%s --json: exit %d: %s", tc.verb, code, errs)
+		}
+		var kinds []string
+		var last map[string]any
+		for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+			if err := json.Unmarshal([]byte(line), &last); err != nil {
+				t.Fatalf("%s --json: line %q is not JSON: %v", tc.verb, line, err)
+			}
+			kinds = append(kinds, last["kind"].(string))
+		}
+		if kinds[len(kinds)-1] != "done" || last["msg"] != tc.last {
+			t.Errorf("%s --json: kinds %v, last %v; want one done saying %q", tc.verb, kinds, last, tc.last)
+		}
+		if _, err := os.Stat(inst); (err != nil) != tc.gone {
+			t.Errorf("after %s: instance directory stat = %v", tc.verb, err)
+		}
+	}
+	_, errs, code := run(t, "down", "demo")
+	if code != ExitOK || strings.TrimSpace(errs) != "demo is not running" {
+		t.Errorf("down without --json: exit %d, stderr %q", code, errs)
 	}
 }

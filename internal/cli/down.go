@@ -2,72 +2,116 @@ package cli
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"os"
 	"time"
 
-	"github.com/emu-dev/emu/internal/machine"
+	"github.com/emu-dev/emu/internal/event"
+	"github.com/emu-dev/emu/internal/instance"
 	"github.com/emu-dev/emu/internal/progress"
 	"github.com/emu-dev/emu/internal/store"
 )
 
-func runDown(ctx context.Context, e *env, args []string) error {
-	home, t, err := instanceFlags(e, "down", "[-f FILE | NAME]", args, nil)
-	if err != nil {
-		return err
+// stopReporter reports down and reset as events: with --json, every event
+// as a JSON line on stdout; otherwise the steps as "NAME: step" lines and
+// the outcome as a line on stderr.
+func (e *env) stopReporter(jsonOut bool) event.Sink {
+	if jsonOut {
+		enc := event.NewEncoder(e.stdout)
+		return event.SinkFunc(func(ev event.Event) { _ = enc.Encode(ev) })
 	}
-	inst := home.Instance(t.name)
-	if _, err := os.Stat(inst.Dir); os.IsNotExist(err) {
-		fmt.Fprintf(e.stderr, "%s is not running\n", t.name)
-		return nil
-	}
-	release, err := machine.Lock(inst)
-	if err != nil {
-		return err
-	}
-	defer release()
-	return stopInstance(ctx, e, inst)
+	return event.SinkFunc(func(ev event.Event) {
+		switch ev.Kind {
+		case event.Log:
+			if ev.Name == "" {
+				fmt.Fprintln(e.stderr, ev.Msg)
+				break
+			}
+			fmt.Fprintf(e.stderr, "%s: %s\n", ev.Name, ev.Msg)
+		case event.Done:
+			fmt.Fprintln(e.stderr, ev.Msg)
+		}
+		// failed: the error is rendered once, by Main.
+	})
 }
 
-// stopInstance stops inst, saying each step; not running is no error.
-func stopInstance(ctx context.Context, e *env, inst store.Instance) error {
-	start := time.Now()
-	err := machine.Stop(ctx, inst, e.log, func(s string) {
-		fmt.Fprintf(e.stderr, "%s: %s\n", inst.Name, s)
+func runDown(ctx context.Context, e *env, args []string) error {
+	var jsonOut *bool
+	home, t, err := instanceFlags(e, "down", "[-f FILE | NAME] [--json]", args, func(fs *flag.FlagSet) {
+		jsonOut = fs.Bool("json", false, "print events as JSON lines on stdout")
 	})
-	if isNotRunning(err) {
-		fmt.Fprintf(e.stderr, "%s is not running\n", inst.Name)
-		return nil
-	}
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(e.stderr, "%s stopped in %s; its data is kept (emu reset removes it)\n", inst.Name, progress.Dur(time.Since(start)))
+	sink := e.stopReporter(*jsonOut)
+	inst := home.Instance(t.name)
+	if _, err := os.Stat(inst.Dir); os.IsNotExist(err) {
+		sink.Emit(event.New(event.Done, t.name, t.name+" is not running"))
+		return nil
+	}
+	release, err := instance.Lock(inst)
+	if err != nil {
+		return failed(sink, t.name, err)
+	}
+	defer release()
+	msg, err := stopInstance(ctx, e, inst, sink)
+	if err != nil {
+		return failed(sink, t.name, err)
+	}
+	sink.Emit(event.New(event.Done, t.name, msg))
 	return nil
 }
 
+// failed ends a verb's event stream with err, and returns it.
+func failed(sink event.Sink, name string, err error) error {
+	sink.Emit(event.New(event.Failed, name, err.Error()))
+	return err
+}
+
+// stopInstance stops inst, each step an event; not running is no error.
+// It returns what happened, as the line a person reads.
+func stopInstance(ctx context.Context, e *env, inst store.Instance, sink event.Sink) (string, error) {
+	start := time.Now()
+	err := instance.Stop(ctx, inst, e.log, sink)
+	if isNotRunning(err) {
+		return inst.Name + " is not running", nil
+	}
+	if err != nil {
+		return "", err
+	}
+	return fmt.Sprintf("%s stopped in %s; its data is kept (emu reset removes it)", inst.Name, progress.Dur(time.Since(start))), nil
+}
+
 func runReset(ctx context.Context, e *env, args []string) error {
-	home, t, err := instanceFlags(e, "reset", "[-f FILE | NAME]", args, nil)
+	var jsonOut *bool
+	home, t, err := instanceFlags(e, "reset", "[-f FILE | NAME] [--json]", args, func(fs *flag.FlagSet) {
+		jsonOut = fs.Bool("json", false, "print events as JSON lines on stdout")
+	})
 	if err != nil {
 		return err
 	}
+	sink := e.stopReporter(*jsonOut)
 	inst := home.Instance(t.name)
 	if _, err := os.Stat(inst.Dir); os.IsNotExist(err) {
-		fmt.Fprintf(e.stderr, "%s has no state to reset\n", t.name)
+		sink.Emit(event.New(event.Done, t.name, t.name+" has no state to reset"))
 		return nil
 	}
-	release, err := machine.Lock(inst)
+	release, err := instance.Lock(inst)
 	if err != nil {
-		return err
+		return failed(sink, t.name, err)
 	}
 	defer release()
-	if err := stopInstance(ctx, e, inst); err != nil {
-		return err
+	msg, err := stopInstance(ctx, e, inst, sink)
+	if err != nil {
+		return failed(sink, t.name, err)
 	}
+	// Said as a step, not the outcome: the reset is the outcome.
+	sink.Emit(event.New(event.Log, "", msg))
 	if err := os.RemoveAll(inst.Dir); err != nil {
-		return fmt.Errorf("reset %s: remove %s: %w", t.name, inst.Dir, err)
+		return failed(sink, t.name, fmt.Errorf("reset %s: remove %s: %w", t.name, inst.Dir, err))
 	}
-	fmt.Fprintf(e.stderr, "%s reset: its data is gone; the image is kept\n", t.name)
 	e.pruneDisks(home, false)
+	sink.Emit(event.New(event.Done, t.name, t.name+" reset: its data is gone; the image is kept"))
 	return nil
 }

@@ -76,7 +76,7 @@ func instanceFlags(e *env, verb, usage string, args []string, more func(*flag.Fl
 	if err != nil {
 		return store.Home{}, target{}, err
 	}
-	home, err := store.Default()
+	home, err := store.FromEnv(e.getenv)
 	if err != nil {
 		return store.Home{}, target{}, err
 	}

@@ -7,6 +7,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/emu-dev/emu/internal/instance"
 	"github.com/emu-dev/emu/internal/machine"
 	"github.com/emu-dev/emu/internal/proto"
 	"github.com/emu-dev/emu/internal/spec"
@@ -26,7 +27,7 @@ func runLogs(ctx context.Context, e *env, args []string) error {
 	if len(pos) > 1 {
 		return usageError{fmt.Errorf("logs takes at most one service, got %d", len(pos))}
 	}
-	home, err := store.Default()
+	home, err := store.FromEnv(e.getenv)
 	if err != nil {
 		return err
 	}
@@ -41,7 +42,7 @@ func runLogs(ctx context.Context, e *env, args []string) error {
 		inst = home.Instance(t.name)
 	}
 	if len(pos) == 1 {
-		if _, err := machine.RunningPID(inst); err != nil {
+		if _, err := instance.RunningPID(inst); err != nil {
 			return withHint{err: fmt.Errorf("%s is not running: a service's journal is read through its agent", inst.Name), hint: "emu up, or emu logs without a service for the console log"}
 		}
 		return printJournal(ctx, e.stdout, inst, pos[0], *lines, *follow)
@@ -75,7 +76,7 @@ func printJournal(ctx context.Context, w io.Writer, inst store.Instance, service
 			return nil
 		case <-tick.C:
 		}
-		if _, err := machine.RunningPID(inst); err != nil {
+		if _, err := instance.RunningPID(inst); err != nil {
 			return nil
 		}
 		// No cursor yet (the journal was empty): everything is new.
@@ -89,7 +90,7 @@ func printJournal(ctx context.Context, w io.Writer, inst store.Instance, service
 		case ctx.Err() != nil:
 			return nil
 		case err != nil:
-			if _, perr := machine.RunningPID(inst); perr != nil {
+			if _, perr := instance.RunningPID(inst); perr != nil {
 				return nil // stopped while we asked
 			}
 			return err
@@ -129,7 +130,7 @@ func catConsole(ctx context.Context, w io.Writer, inst store.Instance, follow bo
 		if _, err := io.Copy(w, f); err != nil {
 			return err
 		}
-		if _, err := machine.RunningPID(inst); err != nil {
+		if _, err := instance.RunningPID(inst); err != nil {
 			return nil
 		}
 	}

@@ -4,7 +4,7 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/emu-dev/emu/internal/machine"
+	"github.com/emu-dev/emu/internal/instance"
 	"github.com/emu-dev/emu/internal/progress"
 	"github.com/emu-dev/emu/internal/store"
 )
@@ -14,7 +14,7 @@ import (
 // housekeeping: a failure is logged, never the command's error. quiet
 // keeps stderr clean (--json).
 func (e *env) pruneDisks(home store.Home, quiet bool) {
-	p, err := machine.PruneDisks(home, machine.PruneGrace, time.Now())
+	p, err := instance.PruneDisks(home, instance.PruneGrace, time.Now())
 	if err != nil {
 		e.log.Debug("prune unpacked disks", "err", err)
 		return

@@ -9,8 +9,10 @@ import (
 	"time"
 
 	"github.com/emu-dev/emu/internal/event"
+	"github.com/emu-dev/emu/internal/instance"
 	"github.com/emu-dev/emu/internal/machine"
 	"github.com/emu-dev/emu/internal/progress"
+	"github.com/emu-dev/emu/internal/proto"
 	"github.com/emu-dev/emu/internal/spec"
 	"github.com/emu-dev/emu/internal/store"
 )
@@ -25,7 +27,7 @@ type instanceReport struct {
 	Uptime   string          `json:"uptime,omitempty"`
 	QEMU     string          `json:"qemu_status,omitempty"`
 	Services []serviceReport `json:"services,omitempty"`
-	Ports    []machine.Port  `json:"ports,omitempty"`
+	Ports    []proto.Forward `json:"ports,omitempty"`
 	Problem  string          `json:"problem,omitempty"`
 
 	items []event.Item
@@ -40,9 +42,9 @@ type serviceReport struct {
 func report(ctx context.Context, home store.Home, name string) instanceReport {
 	inst := home.Instance(name)
 	r := instanceReport{Name: name}
-	info, _ := machine.ReadInfo(inst)
+	info, _ := instance.ReadInfo(inst)
 	r.Ports = info.Ports
-	pid, err := machine.RunningPID(inst)
+	pid, err := instance.RunningPID(inst)
 	if err != nil {
 		if !isNotRunning(err) {
 			r.Problem = err.Error()
@@ -53,7 +55,7 @@ func report(ctx context.Context, home store.Home, name string) instanceReport {
 	if !info.Started.IsZero() {
 		r.Uptime = progress.Dur(time.Since(info.Started).Truncate(time.Second))
 	}
-	if st, err := machine.QEMUStatus(ctx, inst.QMP()); err == nil {
+	if st, err := instance.QEMUStatus(ctx, inst.QMP()); err == nil {
 		r.QEMU = st
 	} else {
 		r.Problem = "qmp: " + err.Error()
@@ -100,7 +102,7 @@ func runStatus(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	home, err := store.Default()
+	home, err := store.FromEnv(e.getenv)
 	if err != nil {
 		return err
 	}

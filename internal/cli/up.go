@@ -15,9 +15,10 @@ import (
 	"github.com/emu-dev/emu/internal/build"
 	"github.com/emu-dev/emu/internal/bundle"
 	"github.com/emu-dev/emu/internal/event"
-	"github.com/emu-dev/emu/internal/machine"
+	"github.com/emu-dev/emu/internal/instance"
 	"github.com/emu-dev/emu/internal/ports"
 	"github.com/emu-dev/emu/internal/progress"
+	"github.com/emu-dev/emu/internal/proto"
 	"github.com/emu-dev/emu/internal/store"
 )
 
@@ -52,12 +53,12 @@ func runUp(ctx context.Context, e *env, args []string) error {
 		env[k] = v
 	}
 	inst := home.Instance(t.name)
-	release, err := machine.Lock(inst)
+	release, err := instance.Lock(inst)
 	if err != nil {
 		return err
 	}
 	defer release()
-	if pid, err := machine.RunningPID(inst); err == nil {
+	if pid, err := instance.RunningPID(inst); err == nil {
 		fmt.Fprintf(e.stderr, "%s is already running (pid %d)\n", t.name, pid)
 		rep := report(ctx, home, t.name)
 		return writeReports(e, []instanceReport{rep}, *jsonOut)
@@ -82,18 +83,18 @@ func runUp(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	var mports []machine.Port
+	var mports []proto.Forward
 	for _, f := range fwds {
-		mports = append(mports, machine.Port{Service: f.Service, Name: f.Name, Guest: f.Guest, Host: f.Host})
+		mports = append(mports, proto.Forward{Service: f.Service, Name: f.Name, Guest: f.Guest, Host: f.Host})
 	}
-	mode := progress.Detect(os.Stderr, *jsonOut)
+	mode := progress.Detect(e.stderr, *jsonOut, e.getenv)
 	w := e.stderr
 	if mode == progress.JSON {
 		w = e.stdout
 	}
 	view := progress.New(w, mode)
 	start := time.Now()
-	info, err := machine.Up(ctx, machine.UpOptions{
+	info, err := instance.Up(ctx, instance.UpOptions{
 		Instance: inst, DiskCache: home.DiskCache(), Bundle: t.bundle, Manifest: man, Accel: choice, Ports: mports,
 		Env: env, Timeout: *timeout, Sink: view, Log: e.log,
 	})
@@ -122,7 +123,7 @@ func ensureBundle(ctx context.Context, e *env, home store.Home, inst store.Insta
 	case err != nil:
 		reason = "no image yet"
 	default:
-		agentBin, err := agentBinary()
+		agentBin, err := e.agentBinary()
 		if err != nil {
 			return err
 		}
@@ -149,7 +150,7 @@ func ensureBundle(ctx context.Context, e *env, home store.Home, inst store.Insta
 }
 
 // planPorts applies EMU_PORT_* and --port to the image's ports.
-func planPorts(man bundle.Manifest, flags []string) ([]ports.Forward, error) {
+func planPorts(man bundle.Manifest, flags []string) ([]proto.Forward, error) {
 	var svcs []ports.Service
 	for _, s := range man.Services {
 		if len(s.Ports) > 0 {
@@ -175,7 +176,7 @@ func planPorts(man bundle.Manifest, flags []string) ([]ports.Forward, error) {
 }
 
 // writeTable prints service, state and URL, one service a line.
-func writeTable(w io.Writer, fwds []machine.Port, services []event.Item) {
+func writeTable(w io.Writer, fwds []proto.Forward, services []event.Item) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "SERVICE\tSTATE\tURL")
 	byService := map[string][]string{}
@@ -215,6 +216,6 @@ func orDash(s string) string {
 	return s
 }
 
-var errNotRunning = machine.ErrNotRunning
+var errNotRunning = instance.ErrNotRunning
 
 func isNotRunning(err error) bool { return errors.Is(err, errNotRunning) }

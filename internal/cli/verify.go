@@ -23,7 +23,7 @@ func runVerify(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	home, err := store.Default()
+	home, err := store.FromEnv(e.getenv)
 	if err != nil {
 		return err
 	}
@@ -51,7 +51,7 @@ func runVerify(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	mode := progress.Detect(os.Stderr, *jsonOut)
+	mode := progress.Detect(e.stderr, *jsonOut, e.getenv)
 	w := e.stderr
 	if mode == progress.JSON {
 		w = e.stdout

@@ -61,3 +61,27 @@ func Journal(ctx context.Context, sock, service string, lines int, cursor string
 	}
 	return page, jerr
 }
+
+// AgentStatus asks the agent to replay the services' state and folds what
+// it sends within d.
+func AgentStatus(ctx context.Context, sock string, d time.Duration) (event.Status, error) {
+	ctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	var st event.Status
+	vm, err := Connect(ctx, sock)
+	if err != nil {
+		return st, err
+	}
+	defer vm.Close()
+	if err := vm.Send(proto.Request{Op: proto.OpStatus}); err != nil {
+		return st, err
+	}
+	end, _ := follow(ctx, vm, nil, func(e event.Event) (bool, error) {
+		st = event.Fold(st, e)
+		return e.Kind == event.Ready, nil
+	})
+	if end == endCtx && st.Hello == nil {
+		return st, fmt.Errorf("the agent did not answer within %s (another emu command may hold its channel)", d)
+	}
+	return st, nil
+}

@@ -143,6 +143,14 @@ func (s *Session) boot(ctx context.Context) error {
 	return err
 }
 
+// Abort stops the session's guest as a failed one is stopped (Stop), for
+// a caller whose own step after Run failed.
+func (s *Session) Abort(ctx context.Context) {
+	if s.guest != nil {
+		s.stop(ctx, s.guest)
+	}
+}
+
 func (s *Session) stop(ctx context.Context, g Guest) {
 	ctx = context.WithoutCancel(ctx)
 	if s.Stop != nil {

@@ -139,3 +139,11 @@ func Verify(ctx context.Context, opts VerifyOptions) (Timings, error) {
 	emit(event.New(event.Done, man.Name, "verified"))
 	return t, nil
 }
+
+// failedService names the service a guest failure is about, if any.
+func failedService(err error) string {
+	if ge := AsGuestError(err); ge != nil {
+		return ge.Service
+	}
+	return ""
+}

@@ -12,7 +12,6 @@ import (
 	"net"
 	"os"
 	"runtime"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -45,7 +44,7 @@ type Config struct {
 	AgentSocket string
 	// QMPSocket, Forwards, FWCfg and Detach are for long-running instances.
 	QMPSocket string
-	Forwards  []qemu.Forward
+	Forwards  []proto.Forward
 	FWCfg     []qemu.FWCfgFile
 	Detach    bool
 	QEMU      string
@@ -117,7 +116,7 @@ func Start(ctx context.Context, cfg Config) (*VM, error) {
 		FWCfg:     cfg.FWCfg,
 		Name:      cfg.Name,
 		NoReboot:  true,
-		TBSize:    tbSize(),
+		TBSize:    cfg.Accel.TBSize,
 	}, qemu.Host{OS: runtime.GOOS, Arch: runtime.GOARCH})
 	if err != nil {
 		return nil, fmt.Errorf("qemu command line: %w", err)
@@ -259,19 +258,4 @@ func randomID() string {
 		panic(errors.Join(errors.New("crypto/rand"), err))
 	}
 	return hex.EncodeToString(b)
-}
-
-// tbSize is EMU_TCG_TB_SIZE: TCG's translation cache in MiB, for a stack
-// whose code outgrows qemu.DefaultTBSize ("default" means QEMU's own). It
-// is 0, qemu.DefaultTBSize, when unset or not understood.
-func tbSize() int {
-	v := os.Getenv("EMU_TCG_TB_SIZE")
-	if v == "default" {
-		return -1
-	}
-	n, err := strconv.Atoi(v)
-	if err != nil || n < 1 {
-		return 0
-	}
-	return n
 }

@@ -6,6 +6,8 @@ import (
 	"net"
 	"strconv"
 	"syscall"
+
+	"github.com/emu-dev/emu/internal/proto"
 )
 
 // Holder is the process that holds a host port.
@@ -16,7 +18,7 @@ type Holder struct {
 
 // InUseError reports a host port something else already holds.
 type InUseError struct {
-	Forward Forward
+	Forward proto.Forward
 	// Holder is who holds the port, when it could be found; HolderErr says
 	// why not otherwise.
 	Holder    *Holder
@@ -26,7 +28,7 @@ type InUseError struct {
 }
 
 func (e *InUseError) Error() string {
-	msg := fmt.Sprintf("port 127.0.0.1:%d for %s is already in use", e.Forward.Host, e.Forward.label())
+	msg := fmt.Sprintf("port 127.0.0.1:%d for %s is already in use", e.Forward.Host, e.Forward.Label())
 	switch {
 	case e.Holder != nil:
 		return fmt.Sprintf("%s by pid %d (%s)", msg, e.Holder.PID, e.Holder.Command)
@@ -46,7 +48,7 @@ func (e *InUseError) HintText() string {
 // Check listens on 127.0.0.1:Host for each forward, closing at once, and
 // reports every port it cannot have: an *InUseError for each taken one,
 // naming its holder where FindHolder can, joined with errors.Join.
-func Check(forwards []Forward) error {
+func Check(forwards []proto.Forward) error {
 	var errs []error
 	for _, f := range forwards {
 		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(f.Host))
@@ -56,7 +58,7 @@ func Check(forwards []Forward) error {
 			continue
 		}
 		if !errors.Is(err, syscall.EADDRINUSE) {
-			errs = append(errs, fmt.Errorf("check port %s for %s: %w", addr, f.label(), err))
+			errs = append(errs, fmt.Errorf("check port %s for %s: %w", addr, f.Label(), err))
 			continue
 		}
 		h, herr := FindHolder(f.Host)

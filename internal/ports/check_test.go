@@ -8,10 +8,12 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/emu-dev/emu/internal/proto"
 )
 
 func TestInUseErrorText(t *testing.T) {
-	f := Forward{Service: "api", Name: "http", Guest: 8080, Host: 26701}
+	f := proto.Forward{Service: "api", Name: "http", Guest: 8080, Host: 26701}
 	tests := []struct {
 		name string
 		err  *InUseError
@@ -58,7 +60,7 @@ func listen(t *testing.T) int {
 func TestCheck(t *testing.T) {
 	taken1, taken2 := listen(t), listen(t)
 	free := freePort(t)
-	forwards := []Forward{
+	forwards := []proto.Forward{
 		{Service: "api", Name: "http", Guest: 8080, Host: taken1},
 		{Service: "web", Name: "http", Guest: 80, Host: free},
 		{Service: "db", Name: "5432", Guest: 5432, Host: taken2},

@@ -12,31 +12,13 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/emu-dev/emu/internal/proto"
 	"github.com/emu-dev/emu/internal/spec"
 )
 
 // EnvPrefix starts the environment variables that override host ports:
 // EMU_PORT_<SERVICE>_<NAME>=PORT or EMU_PORT_<SERVICE>=PORT.
 const EnvPrefix = "EMU_PORT_"
-
-// Forward forwards guest port Guest of a service to 127.0.0.1:Host.
-type Forward struct {
-	Service string
-	// Name is the port's name, or its guest port number when unnamed.
-	Name  string
-	Guest int
-	Host  int
-}
-
-// Key is the forward's override key, SERVICE.NAME.
-func (f Forward) Key() string { return f.Service + "." + f.Name }
-
-// String describes the forward: "api (http) 127.0.0.1:28080 -> guest 8080".
-func (f Forward) String() string {
-	return fmt.Sprintf("%s 127.0.0.1:%d -> guest %d", f.label(), f.Host, f.Guest)
-}
-
-func (f Forward) label() string { return f.Service + " (" + f.Name + ")" }
 
 // Override sets the host port of one forward.
 type Override struct {
@@ -161,12 +143,12 @@ func FromStack(st *spec.Stack) []Service {
 // later winning; pass environment overrides before flag ones. It reports
 // every problem: an override matching no port or several, a port out of
 // range, two forwards on one host port.
-func Plan(services []Service, overrides []Override) ([]Forward, error) {
-	var fwds []Forward
+func Plan(services []Service, overrides []Override) ([]proto.Forward, error) {
+	var fwds []proto.Forward
 	var errs []error
 	for _, svc := range services {
 		for _, p := range svc.Ports {
-			f := Forward{Service: svc.Name, Name: p.Name, Guest: p.Guest, Host: p.Host}
+			f := proto.Forward{Service: svc.Name, Name: p.Name, Guest: p.Guest, Host: p.Host}
 			if f.Name == "" {
 				f.Name = strconv.Itoa(p.Guest)
 			}
@@ -174,7 +156,7 @@ func Plan(services []Service, overrides []Override) ([]Forward, error) {
 				f.Host = f.Guest
 			}
 			if err := checkRange(f.Guest); err != nil {
-				errs = append(errs, fmt.Errorf("%s: guest %w", f.label(), err))
+				errs = append(errs, fmt.Errorf("%s: guest %w", f.Label(), err))
 			}
 			fwds = append(fwds, f)
 		}
@@ -194,12 +176,12 @@ func Plan(services []Service, overrides []Override) ([]Forward, error) {
 	for i, f := range fwds {
 		if err := checkRange(f.Host); err != nil {
 			if f.Host != f.Guest { // else reported as the guest port
-				errs = append(errs, fmt.Errorf("%s: host %w", f.label(), err))
+				errs = append(errs, fmt.Errorf("%s: host %w", f.Label(), err))
 			}
 			continue
 		}
 		if j, dup := byHost[f.Host]; dup {
-			errs = append(errs, fmt.Errorf("host port %d is used by both %s and %s: give one another port with --port %s=PORT", f.Host, fwds[j].label(), f.label(), f.Key()))
+			errs = append(errs, fmt.Errorf("host port %d is used by both %s and %s: give one another port with --port %s=PORT", f.Host, fwds[j].Label(), f.Label(), f.Key()))
 			continue
 		}
 		byHost[f.Host] = i
@@ -211,7 +193,7 @@ func Plan(services []Service, overrides []Override) ([]Forward, error) {
 }
 
 // match returns the index of the one forward o names.
-func match(fwds []Forward, o Override) (int, error) {
+func match(fwds []proto.Forward, o Override) (int, error) {
 	var hits []int
 	for i, f := range fwds {
 		if matches(f, o) {
@@ -241,7 +223,7 @@ func match(fwds []Forward, o Override) (int, error) {
 
 // matches reports whether o names f. A bare key naming a service matches all
 // of its ports, so a service with several is ambiguous rather than unknown.
-func matches(f Forward, o Override) bool {
+func matches(f proto.Forward, o Override) bool {
 	if o.Env != "" {
 		svc := envName(f.Service)
 		return o.Key == svc || o.Key == svc+"_"+envName(f.Name)

@@ -4,6 +4,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/emu-dev/emu/internal/proto"
 	"github.com/emu-dev/emu/internal/spec"
 	"github.com/google/go-cmp/cmp"
 )
@@ -96,14 +97,14 @@ func TestPlan(t *testing.T) {
 		{Name: "web-ui", Ports: []spec.Port{{Name: "http", Guest: 3000}}},
 		{Name: "postgres", Ports: []spec.Port{{Guest: 5432}}},
 	}
-	defaults := []Forward{
+	defaults := []proto.Forward{
 		{Service: "api", Name: "http", Guest: 8080, Host: 26701},
 		{Service: "api", Name: "admin", Guest: 9090, Host: 9090},
 		{Service: "web-ui", Name: "http", Guest: 3000, Host: 3000},
 		{Service: "postgres", Name: "5432", Guest: 5432, Host: 5432},
 	}
-	with := func(changes map[string]int) []Forward {
-		out := append([]Forward(nil), defaults...)
+	with := func(changes map[string]int) []proto.Forward {
+		out := append([]proto.Forward(nil), defaults...)
 		for i := range out {
 			if h, ok := changes[out[i].Key()]; ok {
 				out[i].Host = h
@@ -118,7 +119,7 @@ func TestPlan(t *testing.T) {
 		name      string
 		services  []Service
 		overrides []Override
-		want      []Forward
+		want      []proto.Forward
 		wantErr   []string
 	}{
 		{name: "defaults", services: stack, want: defaults},
@@ -151,7 +152,7 @@ func TestPlan(t *testing.T) {
 			name:      "override moves a port out of a collision",
 			services:  []Service{{Name: "a", Ports: []spec.Port{{Guest: 80}}}, {Name: "b", Ports: []spec.Port{{Guest: 80}}}},
 			overrides: []Override{flag("b", 8080)},
-			want:      []Forward{{Service: "a", Name: "80", Guest: 80, Host: 80}, {Service: "b", Name: "80", Guest: 80, Host: 8080}},
+			want:      []proto.Forward{{Service: "a", Name: "80", Guest: 80, Host: 80}, {Service: "b", Name: "80", Guest: 80, Host: 8080}},
 		},
 		{
 			name:      "unknown keys, every one named",

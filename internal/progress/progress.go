@@ -26,11 +26,13 @@ const (
 	JSON Mode = "json"
 )
 
-// Detect picks the mode for f: JSON when asked for, Live on a terminal that
-// is not "dumb" outside CI, Plain otherwise.
-func Detect(f *os.File, jsonFlag bool) Mode {
-	isTerm := f != nil && term.IsTerminal(int(f.Fd()))
-	return detect(jsonFlag, isTerm, os.Getenv)
+// Detect picks the mode for w: JSON when asked for, Live when w is a
+// terminal that is not "dumb" outside CI (getenv reads TERM and CI),
+// Plain otherwise.
+func Detect(w io.Writer, jsonFlag bool, getenv func(string) string) Mode {
+	f, ok := w.(interface{ Fd() uintptr })
+	isTerm := ok && term.IsTerminal(int(f.Fd()))
+	return detect(jsonFlag, isTerm, getenv)
 }
 
 func detect(jsonFlag, isTerm bool, getenv func(string) string) Mode {

@@ -390,10 +390,15 @@ func TestDetect(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	if got := Detect(f, false); got != Plain {
+	if got := Detect(f, false, os.Getenv); got != Plain {
 		t.Errorf("Detect(file) = %s, want plain", got)
 	}
-	if got := Detect(f, true); got != JSON {
+	if got := Detect(f, true, os.Getenv); got != JSON {
 		t.Errorf("Detect(file, json) = %s, want json", got)
+	}
+	// An injected writer that is no file is never a terminal.
+	var buf strings.Builder
+	if got := Detect(&buf, false, func(string) string { return "" }); got != Plain {
+		t.Errorf("Detect(buffer) = %s, want plain", got)
 	}
 }

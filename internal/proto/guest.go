@@ -80,16 +80,34 @@ const ContainerEnvFile = "/run/emu/container.env"
 type Runtime struct {
 	Instance string            `json:"instance"`
 	Env      map[string]string `json:"env,omitempty"`
-	Ports    []RuntimePort     `json:"ports,omitempty"`
+	Ports    []Forward         `json:"ports,omitempty"`
 }
 
-// RuntimePort is one forward as the guest sees it.
-type RuntimePort struct {
+// Forward forwards a service's guest port Guest to 127.0.0.1:Host. It is
+// the one port-forward type: planned from the stack file and the
+// overrides, passed to QEMU, handed to the guest in the runtime config,
+// and recorded in instance.json.
+type Forward struct {
 	Service string `json:"service"`
-	Name    string `json:"name"`
-	Guest   int    `json:"guest"`
-	Host    int    `json:"host"`
+	// Name is the port's name, or its guest port number when unnamed.
+	Name  string `json:"name"`
+	Guest int    `json:"guest"`
+	Host  int    `json:"host"`
 }
+
+// Key is the forward's override key, SERVICE.NAME.
+func (f Forward) Key() string { return f.Service + "." + f.Name }
+
+// URL is where the port listens on the host.
+func (f Forward) URL() string { return "127.0.0.1:" + strconv.Itoa(f.Host) }
+
+// String describes the forward: "api (http) 127.0.0.1:28080 -> guest 8080".
+func (f Forward) String() string {
+	return f.Label() + " " + f.URL() + " -> guest " + strconv.Itoa(f.Guest)
+}
+
+// Label names the forward for messages: "api (http)".
+func (f Forward) Label() string { return f.Service + " (" + f.Name + ")" }
 
 // OptimizeDir is where the host puts the optimized copies of files[] with
 // optimize, as OptimizeDir/<index>/<candidate>/<name>. The agent installs

@@ -8,9 +8,10 @@ package qemu
 import (
 	"errors"
 	"fmt"
-	"net"
 	"strconv"
 	"strings"
+
+	"github.com/emu-dev/emu/internal/proto"
 )
 
 // Accel is a QEMU accelerator.
@@ -57,13 +58,6 @@ type Socket struct {
 
 func (s Socket) empty() bool { return s.Path == "" && s.FD <= 0 }
 
-// Forward is a TCP port forward from the host into the guest.
-type Forward struct {
-	HostAddr  string // "" means 127.0.0.1
-	HostPort  int
-	GuestPort int
-}
-
 // Config is everything Args needs. See Args for the defaults.
 type Config struct {
 	Arch   string // guest architecture: "amd64" or "arm64"
@@ -83,7 +77,7 @@ type Config struct {
 	QMP Socket
 	// Forwards enable user-mode networking with these host forwards; none
 	// means no network device at all.
-	Forwards []Forward
+	Forwards []proto.Forward
 
 	Name     string // -name
 	PIDFile  string // optional -pidfile
@@ -243,7 +237,8 @@ func Args(cfg Config, host Host) ([]string, error) {
 		id := b.id("net")
 		opt := "user,id=" + id
 		for _, f := range cfg.Forwards {
-			opt += fmt.Sprintf(",hostfwd=tcp:%s:%d-:%d", hostAddr(f), f.HostPort, f.GuestPort)
+			// Ports bind 127.0.0.1 only: the stack is for this host.
+			opt += fmt.Sprintf(",hostfwd=tcp:127.0.0.1:%d-:%d", f.Host, f.Guest)
 		}
 		b.add("-netdev", opt)
 		b.add("-device", "virtio-net-pci,netdev="+id)
@@ -313,16 +308,13 @@ func Validate(cfg Config, host Host) error {
 	}
 	seen := map[string]bool{}
 	for i, f := range cfg.Forwards {
-		if f.HostAddr != "" && net.ParseIP(f.HostAddr) == nil {
-			bad("forwards[%d]: host address %q is not an IP address", i, f.HostAddr)
+		if f.Host < 1 || f.Host > 65535 {
+			bad("forwards[%d]: host port %d out of range 1-65535", i, f.Host)
 		}
-		if f.HostPort < 1 || f.HostPort > 65535 {
-			bad("forwards[%d]: host port %d out of range 1-65535", i, f.HostPort)
+		if f.Guest < 1 || f.Guest > 65535 {
+			bad("forwards[%d]: guest port %d out of range 1-65535", i, f.Guest)
 		}
-		if f.GuestPort < 1 || f.GuestPort > 65535 {
-			bad("forwards[%d]: guest port %d out of range 1-65535", i, f.GuestPort)
-		}
-		key := fmt.Sprintf("%s:%d", hostAddr(f), f.HostPort)
+		key := strconv.Itoa(f.Host)
 		if seen[key] {
 			bad("forwards[%d]: host port %s forwarded twice", i, key)
 		}
@@ -405,13 +397,6 @@ func socketOpt(s Socket) string {
 		return "fd=" + strconv.Itoa(s.FD)
 	}
 	return "path=" + escape(s.Path)
-}
-
-func hostAddr(f Forward) string {
-	if f.HostAddr == "" {
-		return "127.0.0.1"
-	}
-	return f.HostAddr
 }
 
 // escape doubles commas, QEMU's quoting inside an option list.

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/emu-dev/emu/internal/proto"
 )
 
 var update = flag.Bool("update", false, "rewrite testdata/*.args")
@@ -36,9 +38,9 @@ func baseConfig(arch string, accel Accel) Config {
 
 func TestArgsGolden(t *testing.T) {
 	fwd := baseConfig("amd64", TCG)
-	fwd.Forwards = []Forward{
-		{HostPort: 26701, GuestPort: 8080},
-		{HostAddr: "127.0.0.2", HostPort: 5432, GuestPort: 5432},
+	fwd.Forwards = []proto.Forward{
+		{Service: "api", Name: "http", Host: 26701, Guest: 8080},
+		{Service: "db", Name: "sql", Host: 5432, Guest: 5432},
 	}
 
 	qmpfd := baseConfig("amd64", TCG)
@@ -121,8 +123,8 @@ func TestArgsErrors(t *testing.T) {
 		{"stdio fd", with(func(c *Config) { c.QMP = Socket{FD: 1} }), linuxAMD64, []string{"qmp: fd 1 is stdin"}},
 		{"shared fd", with(func(c *Config) { c.QMP = Socket{FD: 3}; c.Agent = Socket{FD: 3} }), linuxAMD64, []string{"share fd 3"}},
 		{"bad forwards", with(func(c *Config) {
-			c.Forwards = []Forward{{HostAddr: "localhost", HostPort: 0, GuestPort: 70000}, {HostPort: 80, GuestPort: 80}, {HostPort: 80, GuestPort: 81}}
-		}), linuxAMD64, []string{`"localhost" is not an IP`, "host port 0 out of range", "guest port 70000", "127.0.0.1:80 forwarded twice"}},
+			c.Forwards = []proto.Forward{{Host: 0, Guest: 70000}, {Host: 80, Guest: 80}, {Host: 80, Guest: 81}}
+		}), linuxAMD64, []string{"host port 0 out of range", "guest port 70000", "host port 80 forwarded twice"}},
 		{"several at once", Config{Arch: "amd64", Accel: TCG}, linuxAMD64, []string{"cpus", "memory", "kernel"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -192,7 +194,7 @@ func TestArgsBootsWithQEMU(t *testing.T) {
 		SerialLog: filepath.Join(dir, "serial.log"),
 		QMP:       Socket{FD: 3},
 		Agent:     Socket{FD: 4},
-		Forwards:  []Forward{{HostPort: freePort(t), GuestPort: 80}},
+		Forwards:  []proto.Forward{{Host: freePort(t), Guest: 80}},
 		Name:      "emu-argtest",
 		PIDFile:   filepath.Join(dir, "qemu.pid"),
 		NoReboot:  true,

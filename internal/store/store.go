@@ -16,9 +16,10 @@ type Home struct {
 	State string // work directories, logs, instances
 }
 
-// Default returns the Home for this user.
-func Default() (Home, error) {
-	if root := os.Getenv("EMU_HOME"); root != "" {
+// FromEnv returns the Home for this user, as the environment (getenv)
+// sets it: EMU_HOME, else the XDG directories.
+func FromEnv(getenv func(string) string) (Home, error) {
+	if root := getenv("EMU_HOME"); root != "" {
 		abs, err := filepath.Abs(root)
 		if err != nil {
 			return Home{}, fmt.Errorf("resolve EMU_HOME %q: %w", root, err)
@@ -30,9 +31,9 @@ func Default() (Home, error) {
 		return Home{}, fmt.Errorf("find home directory (set EMU_HOME): %w", err)
 	}
 	return Home{
-		Data:  xdg("XDG_DATA_HOME", filepath.Join(home, ".local", "share"), "emu"),
-		Cache: xdg("XDG_CACHE_HOME", filepath.Join(home, ".cache"), "emu"),
-		State: xdg("XDG_STATE_HOME", filepath.Join(home, ".local", "state"), "emu"),
+		Data:  xdg(getenv("XDG_DATA_HOME"), filepath.Join(home, ".local", "share"), "emu"),
+		Cache: xdg(getenv("XDG_CACHE_HOME"), filepath.Join(home, ".cache"), "emu"),
+		State: xdg(getenv("XDG_STATE_HOME"), filepath.Join(home, ".local", "state"), "emu"),
 	}, nil
 }
 
@@ -45,8 +46,8 @@ func At(root string) Home {
 	}
 }
 
-func xdg(env, def, name string) string {
-	if v := os.Getenv(env); filepath.IsAbs(v) {
+func xdg(v, def, name string) string {
+	if filepath.IsAbs(v) {
 		return filepath.Join(v, name)
 	}
 	return filepath.Join(def, name)

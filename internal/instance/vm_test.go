@@ -1,4 +1,4 @@
-package machine_test
+package instance_test
 
 import (
 	"context"
@@ -14,6 +14,7 @@ import (
 	"github.com/emu-dev/emu/internal/build"
 	"github.com/emu-dev/emu/internal/bundle"
 	"github.com/emu-dev/emu/internal/event"
+	"github.com/emu-dev/emu/internal/instance"
 	"github.com/emu-dev/emu/internal/machine"
 	"github.com/emu-dev/emu/internal/qemu"
 	"github.com/emu-dev/emu/internal/spec"
@@ -56,22 +57,22 @@ func TestVMInstanceLifecycle(t *testing.T) {
 	inst := home.Instance(man.Name)
 	ctx := context.Background()
 	t.Cleanup(func() {
-		if pid, err := machine.RunningPID(inst); err == nil {
+		if pid, err := instance.RunningPID(inst); err == nil {
 			syscall.Kill(pid, syscall.SIGKILL)
 		}
 	})
-	up := func() machine.Info {
+	up := func() instance.Info {
 		t.Helper()
-		release, err := machine.Lock(inst)
+		release, err := instance.Lock(inst)
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer release()
-		if _, err := machine.Lock(inst); err == nil || !contains(err.Error(), "busy") {
+		if _, err := instance.Lock(inst); err == nil || !contains(err.Error(), "busy") {
 			t.Errorf("second Lock = %v, want busy", err)
 		}
 		rec := &event.Recorder{}
-		info, err := machine.Up(ctx, machine.UpOptions{Instance: inst, DiskCache: home.DiskCache(), Bundle: dir, Manifest: man, Accel: tcg, Sink: rec})
+		info, err := instance.Up(ctx, instance.UpOptions{Instance: inst, DiskCache: home.DiskCache(), Bundle: dir, Manifest: man, Accel: tcg, Sink: rec})
 		if err != nil {
 			t.Fatalf("Up: %v", err)
 		}
@@ -82,7 +83,7 @@ func TestVMInstanceLifecycle(t *testing.T) {
 	}
 
 	info := up()
-	pid, err := machine.RunningPID(inst)
+	pid, err := instance.RunningPID(inst)
 	if err != nil || pid != info.PID {
 		t.Fatalf("RunningPID = %d, %v; want %d", pid, err, info.PID)
 	}
@@ -90,17 +91,17 @@ func TestVMInstanceLifecycle(t *testing.T) {
 	if err != nil || st.Hello == nil || !st.Ready {
 		t.Errorf("AgentStatus: hello=%v ready=%v err=%v", st.Hello != nil, st.Ready, err)
 	}
-	if s, err := machine.QEMUStatus(ctx, inst.QMP()); err != nil || s != "running" {
+	if s, err := instance.QEMUStatus(ctx, inst.QMP()); err != nil || s != "running" {
 		t.Errorf("QEMUStatus = %q, %v", s, err)
 	}
 	var said []string
-	if err := machine.Stop(ctx, inst, nil, func(s string) { said = append(said, s) }); err != nil {
+	if err := instance.Stop(ctx, inst, nil, event.SinkFunc(func(e event.Event) { said = append(said, e.Msg) })); err != nil {
 		t.Fatalf("Stop: %v (%v)", err, said)
 	}
 	if len(said) != 2 || said[1] != "guest powered off" {
 		t.Errorf("Stop took other ways than the agent: %q", said)
 	}
-	if _, err := machine.RunningPID(inst); !errors.Is(err, machine.ErrNotRunning) {
+	if _, err := instance.RunningPID(inst); !errors.Is(err, instance.ErrNotRunning) {
 		t.Errorf("RunningPID after Stop = %v", err)
 	}
 	for _, p := range []string{inst.PID(), inst.Agent(), inst.QMP()} {
@@ -117,8 +118,8 @@ func TestVMInstanceLifecycle(t *testing.T) {
 	syscall.Kill(info.PID, syscall.SIGKILL)
 	deadline := time.Now().Add(20 * time.Second)
 	for {
-		_, err := machine.RunningPID(inst)
-		if errors.Is(err, machine.ErrNotRunning) {
+		_, err := instance.RunningPID(inst)
+		if errors.Is(err, instance.ErrNotRunning) {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -130,7 +131,7 @@ func TestVMInstanceLifecycle(t *testing.T) {
 		t.Errorf("stale pid file kept")
 	}
 	info = up()
-	if err := machine.Stop(ctx, inst, nil, func(string) {}); err != nil {
+	if err := instance.Stop(ctx, inst, nil, nil); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -143,7 +144,7 @@ func TestVMInstanceRefusesChangedImage(t *testing.T) {
 	os.MkdirAll(inst.Dir, 0o755)
 	os.WriteFile(inst.Overlay(), []byte("x"), 0o644)
 	os.WriteFile(inst.State(), []byte(`{"name":"tinyrun","disk_sha256":"other"}`), 0o644)
-	_, err := machine.Up(context.Background(), machine.UpOptions{Instance: inst, DiskCache: home.DiskCache(), Bundle: dir, Manifest: man, Accel: tcg})
+	_, err := instance.Up(context.Background(), instance.UpOptions{Instance: inst, DiskCache: home.DiskCache(), Bundle: dir, Manifest: man, Accel: tcg})
 	if err == nil || !contains(err.Error(), "emu reset") {
 		t.Fatalf("Up on a changed image = %v, want a refusal that says emu reset", err)
 	}
@@ -159,7 +160,7 @@ func TestVMUpInterrupted(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	t.Cleanup(func() {
-		if pid, err := machine.RunningPID(inst); err == nil {
+		if pid, err := instance.RunningPID(inst); err == nil {
 			syscall.Kill(pid, syscall.SIGKILL)
 		}
 	})
@@ -171,11 +172,11 @@ func TestVMUpInterrupted(t *testing.T) {
 			cancel()
 		}
 	})
-	_, err := machine.Up(ctx, machine.UpOptions{Instance: inst, DiskCache: home.DiskCache(), Bundle: dir, Manifest: man, Accel: tcg, Sink: sink})
+	_, err := instance.Up(ctx, instance.UpOptions{Instance: inst, DiskCache: home.DiskCache(), Bundle: dir, Manifest: man, Accel: tcg, Sink: sink})
 	if !errors.Is(err, context.Canceled) {
 		t.Fatalf("Up = %v, want context.Canceled", err)
 	}
-	if _, err := machine.RunningPID(inst); !errors.Is(err, machine.ErrNotRunning) {
+	if _, err := instance.RunningPID(inst); !errors.Is(err, instance.ErrNotRunning) {
 		t.Errorf("RunningPID after an interrupted up = %v", err)
 	}
 	if _, err := os.Stat(inst.Overlay()); err != nil {
@@ -193,7 +194,7 @@ func TestVMUpKernelCrash(t *testing.T) {
 	man.Cmdline += " rdinit=/nonexistent"
 	start := time.Now()
 	rec := &event.Recorder{}
-	_, err := machine.Up(context.Background(), machine.UpOptions{Instance: inst, DiskCache: home.DiskCache(), Bundle: dir, Manifest: man, Accel: tcg, Sink: rec})
+	_, err := instance.Up(context.Background(), instance.UpOptions{Instance: inst, DiskCache: home.DiskCache(), Bundle: dir, Manifest: man, Accel: tcg, Sink: rec})
 	if err == nil {
 		t.Fatal("Up of a guest whose kernel panics succeeded")
 	}
@@ -219,7 +220,7 @@ func TestVMUpKernelCrash(t *testing.T) {
 	if !errors.As(err, &be) || len(be.Tail) == 0 {
 		t.Errorf("Up = %#v, want a GuestError with the console's tail", err)
 	}
-	if _, err := machine.RunningPID(inst); !errors.Is(err, machine.ErrNotRunning) {
+	if _, err := instance.RunningPID(inst); !errors.Is(err, instance.ErrNotRunning) {
 		t.Errorf("RunningPID after a crashed up = %v", err)
 	}
 }

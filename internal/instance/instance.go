@@ -1,4 +1,9 @@
-package machine
+// Package instance is what belongs to one instance of a bundle on this
+// host and its life: the lock, the pid record, instance.json, starting it
+// detached (Up), stopping it, and the disk cache entries instances and
+// images keep alive (PruneDisks). Booting and following the guest itself
+// is machine.Session's.
+package instance
 
 import (
 	"context"
@@ -8,7 +13,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"strconv"
 	"syscall"
 	"time"
 
@@ -19,35 +23,25 @@ import (
 	"github.com/emu-dev/emu/internal/command"
 	"github.com/emu-dev/emu/internal/disk"
 	"github.com/emu-dev/emu/internal/event"
+	"github.com/emu-dev/emu/internal/machine"
 	"github.com/emu-dev/emu/internal/proto"
 	"github.com/emu-dev/emu/internal/qemu"
 	"github.com/emu-dev/emu/internal/qmp"
 	"github.com/emu-dev/emu/internal/store"
 )
 
-// Port is one forward of a running instance.
-type Port struct {
-	Service string `json:"service"`
-	Name    string `json:"name"`
-	Guest   int    `json:"guest"`
-	Host    int    `json:"host"`
-}
-
-// URL is where the port listens on the host.
-func (p Port) URL() string { return "127.0.0.1:" + strconv.Itoa(p.Host) }
-
 // Info is how an instance was started; it is written as instance.json.
 type Info struct {
-	Name         string    `json:"name"`
-	Bundle       string    `json:"bundle"`
-	DiskSHA256   string    `json:"disk_sha256"`
-	Accel        string    `json:"accel"`
-	TimeoutScale float64   `json:"timeout_scale"`
-	Ports        []Port    `json:"ports,omitempty"`
-	Started      time.Time `json:"started"`
-	PID          int       `json:"pid"`
+	Name         string          `json:"name"`
+	Bundle       string          `json:"bundle"`
+	DiskSHA256   string          `json:"disk_sha256"`
+	Accel        string          `json:"accel"`
+	TimeoutScale float64         `json:"timeout_scale"`
+	Ports        []proto.Forward `json:"ports,omitempty"`
+	Started      time.Time       `json:"started"`
+	PID          int             `json:"pid"`
 	// Timings of the start that wrote this file.
-	Timings Timings `json:"timings"`
+	Timings machine.Timings `json:"timings"`
 }
 
 // ErrNotRunning: the instance has no live QEMU.
@@ -153,7 +147,7 @@ type UpOptions struct {
 	Bundle    string
 	Manifest  bundle.Manifest
 	Accel     accel.Choice
-	Ports     []Port
+	Ports     []proto.Forward
 	Env       map[string]string
 	Timeout   time.Duration
 	Sink      event.Sink
@@ -161,87 +155,111 @@ type UpOptions struct {
 	QEMU      string
 }
 
+// step is one named step of a start; undo, when set, reverses it if a
+// later step fails. The steps run in order and undo in reverse, so a
+// failure at any step undoes exactly the steps before it.
+type step struct {
+	name string
+	do   func(ctx context.Context) error
+	undo func(ctx context.Context)
+}
+
+// runSteps runs steps in order; when one fails, the undos of those before
+// it run last-in, first-out, and its error is returned as it is (the
+// steps' errors name what they did).
+func runSteps(ctx context.Context, log *slog.Logger, steps []step) error {
+	for i, st := range steps {
+		log.Debug("start step", "step", st.name)
+		if err := st.do(ctx); err != nil {
+			log.Debug("start step failed", "step", st.name, "err", err)
+			for j := i - 1; j >= 0; j-- {
+				if steps[j].undo != nil {
+					log.Debug("undo start step", "step", steps[j].name)
+					steps[j].undo(context.WithoutCancel(ctx))
+				}
+			}
+			return err
+		}
+	}
+	return nil
+}
+
 // Up boots the instance detached from emu and returns once every service
 // is healthy. The caller holds the instance's lock and has checked that it
 // is not running and that its ports are free. On failure the guest is
-// stopped again; the overlay (the data) is kept.
+// stopped again; the overlay (the data) is always kept.
 func Up(ctx context.Context, o UpOptions) (Info, error) {
 	inst := o.Instance
-	sum := o.Manifest.Files[store.BundleDisk].SHA256
-	if err := os.MkdirAll(inst.Dir, 0o755); err != nil {
-		return Info{}, fmt.Errorf("create instance directory %s: %w", inst.Dir, err)
-	}
-	info, ierr := ReadInfo(inst)
-	if _, err := os.Stat(inst.Overlay()); err == nil && ierr == nil && info.DiskSHA256 != sum {
-		return Info{}, &GuestError{Op: "up", Err: fmt.Errorf("the image was rebuilt since this instance's data was created on it: " +
-			"the data (overlay) no longer fits the new image; run `emu reset` to start fresh from the new image")}
-	}
-	if _, err := os.Stat(inst.Overlay()); errors.Is(err, os.ErrNotExist) {
-		base, err := BaseDisk(ctx, o.DiskCache, o.Bundle, o.Manifest)
-		if err != nil {
-			return Info{}, err
-		}
-		if err := disk.CreateOverlay(ctx, command.Exec{}, base, inst.Overlay()); err != nil {
-			return Info{}, err
-		}
-	}
-	rt := proto.Runtime{Instance: inst.Name, Env: o.Env}
-	var fwd []qemu.Forward
-	for _, p := range o.Ports {
-		fwd = append(fwd, qemu.Forward{HostAddr: "127.0.0.1", HostPort: p.Host, GuestPort: p.Guest})
-		rt.Ports = append(rt.Ports, proto.RuntimePort{Service: p.Service, Name: p.Name, Guest: p.Guest, Host: p.Host})
-	}
-	rb, err := json.Marshal(rt)
-	if err != nil {
-		return Info{}, err
-	}
-	if err := os.WriteFile(inst.Runtime(), rb, 0o600); err != nil {
-		return Info{}, fmt.Errorf("write runtime config: %w", err)
+	if o.Log == nil {
+		o.Log = slog.New(slog.DiscardHandler)
 	}
 	if o.Timeout <= 0 {
-		o.Timeout = o.Accel.Scale(ReadyTimeout)
+		o.Timeout = o.Accel.Scale(machine.ReadyTimeout)
 	}
 	emit := func(e event.Event) {
 		if o.Sink != nil {
 			o.Sink.Emit(e)
 		}
 	}
-	// Keep the previous boot's console: the one to read after a failed start.
-	_ = os.Rename(inst.Serial(), inst.Serial()+".1")
-	sess := &Session{
-		Op: "up",
-		Boot: func(ctx context.Context) (Guest, error) {
-			return startInstance(ctx, o, fwd, sum)
+	sum := o.Manifest.Files[store.BundleDisk].SHA256
+	var sess *machine.Session
+	var info Info
+	err := runSteps(ctx, o.Log, []step{
+		{name: "directory", do: func(context.Context) error {
+			if err := os.MkdirAll(inst.Dir, 0o755); err != nil {
+				return fmt.Errorf("create instance directory %s: %w", inst.Dir, err)
+			}
+			return nil
+		}},
+		{name: "check data", do: func(context.Context) error { return checkData(inst, sum) }},
+		// The overlay is the user's data: never undone, also when it was
+		// made by this start.
+		{name: "overlay", do: func(ctx context.Context) error { return ensureOverlay(ctx, o) }},
+		{name: "runtime config", do: func(context.Context) error { return writeRuntime(inst, o) }},
+		{name: "console", do: func(context.Context) error {
+			// Keep the previous boot's console: the one to read after a
+			// failed start.
+			_ = os.Rename(inst.Serial(), inst.Serial()+".1")
+			return nil
+		}},
+		{
+			name: "boot",
+			do: func(ctx context.Context) error {
+				sess = &machine.Session{
+					Op:           "up",
+					Boot:         func(ctx context.Context) (machine.Guest, error) { return startInstance(ctx, o, sum) },
+					Retry:        func() { _ = os.Rename(inst.Serial(), inst.Serial()+".1") },
+					Until:        event.Ready,
+					HelloTimeout: o.Accel.Scale(machine.HelloTimeout),
+					Timeout:      o.Timeout,
+					Emit:         emit,
+					// Not ready: stop it cleanly and keep the data. The
+					// agent's channel takes one client at a time: let go
+					// of ours first.
+					Stop: func(ctx context.Context, g machine.Guest) {
+						g.Close()
+						Stop(ctx, inst, o.Log, nil)
+					},
+					Log: o.Log,
+				}
+				return sess.Run(ctx)
+			},
+			undo: func(ctx context.Context) { sess.Abort(ctx) },
 		},
-		Retry:        func() { _ = os.Rename(inst.Serial(), inst.Serial()+".1") },
-		Until:        event.Ready,
-		HelloTimeout: o.Accel.Scale(HelloTimeout),
-		Timeout:      o.Timeout,
-		Emit:         emit,
-		// Not ready: stop it cleanly and keep the data. The agent's
-		// channel takes one client at a time: let go of ours first.
-		Stop: func(ctx context.Context, g Guest) {
-			g.Close()
-			Stop(ctx, inst, o.Log, func(string) {})
-		},
-		Log: o.Log,
-	}
-	err = sess.Run(ctx)
-	if err == nil {
-		info, err = ReadInfo(inst)
-	}
-	if err == nil {
-		info.Timings = sess.Timings()
-		err = writeInfo(inst, info)
-		if err != nil {
-			sess.stop(ctx, sess.Guest())
-		}
-	}
-	if g := sess.Guest(); g != nil {
-		g.Close()
+		{name: "record", do: func(context.Context) error {
+			var err error
+			if info, err = ReadInfo(inst); err != nil {
+				return fmt.Errorf("read instance state: %w", err)
+			}
+			info.Timings = sess.Timings()
+			return writeInfo(inst, info)
+		}},
+	})
+	if sess != nil && sess.Guest() != nil {
+		sess.Guest().Close()
 	}
 	if err != nil {
-		if ge := AsGuestError(err); ge != nil {
+		if ge := machine.AsGuestError(err); ge != nil {
 			ge.Logs = []string{inst.Serial(), inst.QEMULog()}
 		}
 		emit(event.New(event.Failed, "", err.Error()))
@@ -251,12 +269,48 @@ func Up(ctx context.Context, o UpOptions) (Info, error) {
 	return info, nil
 }
 
+// checkData refuses an overlay written over another image: its blocks
+// only make sense on top of the disk they were written over.
+func checkData(inst store.Instance, sum string) error {
+	info, err := ReadInfo(inst)
+	if _, serr := os.Stat(inst.Overlay()); serr == nil && err == nil && info.DiskSHA256 != sum {
+		return &machine.GuestError{Op: "up", Err: errors.New("the image was rebuilt since this instance's data was created on it: " +
+			"the data (overlay) no longer fits the new image; run `emu reset` to start fresh from the new image")}
+	}
+	return nil
+}
+
+// ensureOverlay makes the instance's overlay on the bundle's unpacked disk
+// when it has none yet.
+func ensureOverlay(ctx context.Context, o UpOptions) error {
+	if _, err := os.Stat(o.Instance.Overlay()); !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	base, err := machine.BaseDisk(ctx, o.DiskCache, o.Bundle, o.Manifest)
+	if err != nil {
+		return err
+	}
+	return disk.CreateOverlay(ctx, command.Exec{}, base, o.Instance.Overlay())
+}
+
+// writeRuntime writes the runtime config the guest reads at boot.
+func writeRuntime(inst store.Instance, o UpOptions) error {
+	rb, err := json.Marshal(proto.Runtime{Instance: inst.Name, Env: o.Env, Ports: o.Ports})
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(inst.Runtime(), rb, 0o600); err != nil {
+		return fmt.Errorf("write runtime config: %w", err)
+	}
+	return nil
+}
+
 // startInstance starts the instance's QEMU, detached, on its overlay, and
 // records its pid and instance.json, so that every later command finds it
 // even while it boots.
-func startInstance(ctx context.Context, o UpOptions, fwd []qemu.Forward, sum string) (*VM, error) {
+func startInstance(ctx context.Context, o UpOptions, sum string) (*machine.VM, error) {
 	inst := o.Instance
-	vm, err := Start(ctx, Config{
+	vm, err := machine.Start(ctx, machine.Config{
 		Name: "emu-" + inst.Name, Arch: o.Manifest.Arch, VM: o.Manifest.VM, Accel: o.Accel,
 		Kernel:      filepath.Join(o.Bundle, store.BundleKernel),
 		Initrd:      filepath.Join(o.Bundle, store.BundleInitrd),
@@ -266,7 +320,7 @@ func startInstance(ctx context.Context, o UpOptions, fwd []qemu.Forward, sum str
 		Output:      inst.QEMULog(),
 		AgentSocket: inst.Agent(),
 		QMPSocket:   inst.QMP(),
-		Forwards:    fwd,
+		Forwards:    o.Ports,
 		FWCfg:       []qemu.FWCfgFile{{Name: proto.RuntimeFWCfg, Path: inst.Runtime()}},
 		Detach:      true,
 		QEMU:        o.QEMU,
@@ -290,19 +344,17 @@ func startInstance(ctx context.Context, o UpOptions, fwd []qemu.Forward, sum str
 	return vm, nil
 }
 
-// failedService names the service a guest failure is about, if any.
-func failedService(err error) string {
-	if ge := AsGuestError(err); ge != nil {
-		return ge.Service
-	}
-	return ""
-}
-
 // Stop shuts the instance down, each way tried only when the one before
 // did not end QEMU in time: the agent (services stop cleanly, filesystems
-// unmount), ACPI power-down over QMP, SIGTERM, SIGKILL. say reports each
-// step. The overlay is kept; sockets and the pid file are removed.
-func Stop(ctx context.Context, inst store.Instance, log *slog.Logger, say func(string)) error {
+// unmount), ACPI power-down over QMP, SIGTERM, SIGKILL. Each step is a log
+// event to sink (nil: none). The overlay is kept; sockets and the pid
+// file are removed.
+func Stop(ctx context.Context, inst store.Instance, log *slog.Logger, sink event.Sink) error {
+	say := func(msg string) {
+		if sink != nil {
+			sink.Emit(event.New(event.Log, inst.Name, msg))
+		}
+	}
 	pid, err := RunningPID(inst)
 	if err != nil {
 		return err
@@ -312,9 +364,9 @@ func Stop(ctx context.Context, inst store.Instance, log *slog.Logger, say func(s
 	defer clearRuntime(inst)
 
 	say("asking the guest agent to shut down")
-	if vm, err := Connect(ctx, inst.Agent()); err == nil {
+	if vm, err := machine.Connect(ctx, inst.Agent()); err == nil {
 		serr := vm.Send(proto.Request{Op: proto.OpShutdown})
-		if serr == nil && exited(PowerOffTimeout) {
+		if serr == nil && exited(machine.PowerOffTimeout) {
 			vm.Close()
 			say("guest powered off")
 			return nil
@@ -370,28 +422,4 @@ func QEMUStatus(ctx context.Context, sock string) (string, error) {
 	defer c.Close()
 	st, err := c.Status(ctx)
 	return st.Status, err
-}
-
-// AgentStatus asks the agent to replay the services' state and folds what
-// it sends within d.
-func AgentStatus(ctx context.Context, sock string, d time.Duration) (event.Status, error) {
-	ctx, cancel := context.WithTimeout(ctx, d)
-	defer cancel()
-	var st event.Status
-	vm, err := Connect(ctx, sock)
-	if err != nil {
-		return st, err
-	}
-	defer vm.Close()
-	if err := vm.Send(proto.Request{Op: proto.OpStatus}); err != nil {
-		return st, err
-	}
-	end, _ := follow(ctx, vm, nil, func(e event.Event) (bool, error) {
-		st = event.Fold(st, e)
-		return e.Kind == event.Ready, nil
-	})
-	if end == endCtx && st.Hello == nil {
-		return st, fmt.Errorf("the agent did not answer within %s (another emu command may hold its channel)", d)
-	}
-	return st, nil
 }
