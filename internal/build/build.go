@@ -24,6 +24,7 @@ import (
 	"github.com/emu-dev/emu/internal/bundle"
 	"github.com/emu-dev/emu/internal/command"
 	"github.com/emu-dev/emu/internal/event"
+	"github.com/emu-dev/emu/internal/proto"
 	"github.com/emu-dev/emu/internal/rootfs"
 	"github.com/emu-dev/emu/internal/spec"
 	"github.com/emu-dev/emu/internal/store"
@@ -71,9 +72,64 @@ type Result struct {
 	Logs string
 }
 
+// stageResult is what a stage made: recorded in the manifest and reported
+// on its stage.done event.
+type stageResult struct {
+	// Size is the stage's output in bytes (0: none worth telling).
+	Size int64
+	// Cached: the output came from a cache.
+	Cached bool
+	// Facts are figures shown with stage.done besides the size (the files
+	// injected, the boot check's times).
+	Facts map[string]string
+}
+
+// fields are r as stage.done's fields.
+func (r stageResult) fields() map[string]string {
+	f := map[string]string{}
+	for k, v := range r.Facts {
+		f[k] = v
+	}
+	if r.Size > 0 {
+		f[proto.FieldSize] = strconv.FormatInt(r.Size, 10)
+	}
+	if r.Cached {
+		f[proto.FieldCached] = "true"
+	}
+	return f
+}
+
+// stage is one named step of the build.
 type stage struct {
 	name string
-	run  func(context.Context) (map[string]string, error)
+	run  func(*builder, context.Context) (stageResult, error)
+	// when says whether a stack needs the stage; nil: every stack does.
+	when func(*spec.Stack) bool
+}
+
+// stages is the build, in order: the one list the build runs and the
+// progress view plans from (StagesFor).
+var stages = []stage{
+	// First: a corrupt image fails before anything slow runs.
+	{"images", (*builder).images, func(s *spec.Stack) bool { return len(s.Images) > 0 }},
+	{"rootfs", (*builder).rootfs, nil},
+	{"inject", (*builder).inject, nil},
+	{"disk", (*builder).disk, nil},
+	{"provision", (*builder).provision, nil},
+	{"compress", (*builder).compress, nil},
+	{"verify", (*builder).verify, nil},
+	{"bundle", (*builder).bundle, nil},
+}
+
+// StagesFor returns the names of the stages a build of s runs, in order.
+func StagesFor(s *spec.Stack) []string {
+	var names []string
+	for _, st := range stages {
+		if st.when == nil || st.when(s) {
+			names = append(names, st.name)
+		}
+	}
+	return names
 }
 
 // builder carries one build's state from stage to stage.
@@ -95,18 +151,6 @@ type builder struct {
 	logMu   sync.Mutex
 	logFile *os.File
 	status  event.Status
-}
-
-// Stages are the build's stage names, in order. images runs only for a
-// stack with images (StagesFor).
-var Stages = []string{"images", "rootfs", "inject", "disk", "provision", "compress", "verify", "bundle"}
-
-// StagesFor returns the stages a build of s runs.
-func StagesFor(s *spec.Stack) []string {
-	if len(s.Images) == 0 {
-		return Stages[1:]
-	}
-	return Stages
 }
 
 // Build runs every stage. On failure or interruption the previous bundle at
@@ -137,27 +181,16 @@ func Build(ctx context.Context, opts Options) (res *Result, err error) {
 		cleanup(err)
 	}()
 
-	var stages []stage
-	if len(opts.Stack.Images) > 0 {
-		// First: a corrupt image fails before anything slow runs.
-		stages = append(stages, stage{"images", b.images})
-	}
-	stages = append(stages, []stage{
-		{"rootfs", b.rootfs},
-		{"inject", b.inject},
-		{"disk", b.disk},
-		{"provision", b.provision},
-		{"compress", b.compress},
-		{"verify", b.verify},
-		{"bundle", b.bundle},
-	}...)
 	for _, st := range stages {
+		if st.when != nil && !st.when(opts.Stack) {
+			continue
+		}
 		if err := ctx.Err(); err != nil {
 			return nil, b.failure(st.name, fmt.Errorf("interrupted: %w", err))
 		}
 		b.emit(event.New(event.StageStart, st.name, ""))
 		start := time.Now()
-		fields, err := st.run(ctx)
+		res, err := st.run(b, ctx)
 		took := time.Since(start)
 		if err != nil {
 			msg := err.Error()
@@ -169,17 +202,9 @@ func Build(ctx context.Context, opts Options) (res *Result, err error) {
 			return nil, b.failure(st.name, err)
 		}
 		done := event.New(event.StageDone, st.name, "")
-		keys := make([]string, 0, len(fields))
-		for k := range fields {
-			keys = append(keys, k)
-		}
-		sort.Strings(keys)
-		for _, k := range keys {
-			done = done.With(k, fields[k])
-		}
+		done.Fields = res.fields()
 		b.emit(done)
-		size, _ := strconv.ParseInt(fields["size"], 10, 64)
-		b.man.Stages = append(b.man.Stages, bundle.StageRecord{Name: st.name, Duration: bundle.Millis(took), Size: size, Cached: fields["cached"] == "true"})
+		b.man.Stages = append(b.man.Stages, bundle.StageRecord{Name: st.name, Duration: bundle.Millis(took), Size: res.Size, Cached: res.Cached})
 	}
 	b.emit(event.New(event.Done, opts.Stack.Name, "bundle written to "+b.final))
 	return &Result{Dir: b.final, Manifest: b.man, Logs: b.logs}, nil
@@ -312,32 +337,32 @@ func pruneLogs(dir string, keep int) {
 }
 
 // rootfs makes or reuses the base tree's tarball.
-func (b *builder) rootfs(ctx context.Context) (map[string]string, error) {
+func (b *builder) rootfs(ctx context.Context) (stageResult, error) {
 	if b.opts.BaseTarball != "" {
 		fi, err := os.Stat(b.opts.BaseTarball)
 		if err != nil {
-			return nil, fmt.Errorf("base tarball: %w", err)
+			return stageResult{}, fmt.Errorf("base tarball: %w", err)
 		}
 		b.tarball = b.opts.BaseTarball
 		b.man.RootfsKey = "given:" + filepath.Base(b.tarball)
-		return map[string]string{"given": "true", "size": strconv.FormatInt(fi.Size(), 10)}, nil
+		return stageResult{Size: fi.Size(), Facts: map[string]string{"given": "true"}}, nil
 	}
 	cache := rootfs.Cache{Dir: b.opts.Home.RootfsCache(), Runner: b.runner("rootfs")}
 	base := GuestBase(b.opts.Stack)
 	path, cached, err := cache.Ensure(ctx, base)
 	if err != nil {
-		return nil, err
+		return stageResult{}, err
 	}
 	b.tarball = path
 	b.man.RootfsKey = rootfs.Key(base)
 	fi, err := os.Stat(path)
 	if err != nil {
-		return nil, err
+		return stageResult{}, err
 	}
 	if cached {
 		b.emit(event.New(event.Log, "rootfs", "reusing cached root filesystem "+path))
 	}
-	return map[string]string{"cached": strconv.FormatBool(cached), "size": strconv.FormatInt(fi.Size(), 10)}, nil
+	return stageResult{Size: fi.Size(), Cached: cached}, nil
 }
 
 // GuestBase is the base the guest is made from: the stack's, with a

@@ -9,7 +9,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"strconv"
 	"time"
 
 	"github.com/emu-dev/emu/internal/bundle"
@@ -65,23 +64,23 @@ func InputHash(s *spec.Stack, agentBinary string) (string, error) {
 func (b *builder) rawDisk() string { return filepath.Join(b.work, store.WorkDisk) }
 
 // compress converts the provisioned disk into the staged bundle's qcow2.
-func (b *builder) compress(ctx context.Context) (map[string]string, error) {
+func (b *builder) compress(ctx context.Context) (stageResult, error) {
 	if err := os.MkdirAll(b.staged, 0o755); err != nil {
-		return nil, fmt.Errorf("create %s: %w", b.staged, err)
+		return stageResult{}, fmt.Errorf("create %s: %w", b.staged, err)
 	}
 	dst := filepath.Join(b.staged, store.BundleDisk)
 	raw := b.rawDisk()
 	if err := disk.AddJournal(ctx, b.opts.Runner, raw); err != nil {
-		return nil, err
+		return stageResult{}, err
 	}
 	if err := disk.Pack(ctx, raw, dst, disk.PackLevel); err != nil {
-		return nil, err
+		return stageResult{}, err
 	}
 	fi, err := os.Stat(dst)
 	if err != nil {
-		return nil, err
+		return stageResult{}, err
 	}
-	return map[string]string{"size": strconv.FormatInt(fi.Size(), 10)}, nil
+	return stageResult{Size: fi.Size()}, nil
 }
 
 // assemble writes the kernel, the initrd, the log so far and the manifest
@@ -164,22 +163,22 @@ func (b *builder) seedDiskCache() {
 
 // bundle finishes the staged bundle (the log and manifest now complete)
 // and swaps it into place in one step.
-func (b *builder) bundle(ctx context.Context) (map[string]string, error) {
+func (b *builder) bundle(ctx context.Context) (stageResult, error) {
 	total, err := b.assemble()
 	if err != nil {
-		return nil, err
+		return stageResult{}, err
 	}
 	for _, name := range []string{store.BundleDisk, store.BundleKernel, store.BundleInitrd, store.BundleLog, store.BundleManifest} {
 		if err := disk.SyncFile(filepath.Join(b.staged, name)); err != nil {
-			return nil, err
+			return stageResult{}, err
 		}
 	}
 	if err := ctx.Err(); err != nil {
-		return nil, err
+		return stageResult{}, err
 	}
 	if err := disk.SwapDir(b.staged, b.final); err != nil {
-		return nil, err
+		return stageResult{}, err
 	}
 	b.seedDiskCache()
-	return map[string]string{"size": strconv.FormatInt(total, 10)}, nil
+	return stageResult{Size: total}, nil
 }

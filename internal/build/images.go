@@ -42,7 +42,7 @@ const flattenMin = 1 << 20
 // images reads and verifies every image source on the host, before
 // anything boots, flattens the images that carry replaced or deleted files,
 // and resolves each image the stack names to its ID.
-func (b *builder) images(ctx context.Context) (map[string]string, error) {
+func (b *builder) images(ctx context.Context) (stageResult, error) {
 	s := b.opts.Stack
 	var all []image.Image
 	perSource := make([][]image.Image, len(s.Images))
@@ -53,14 +53,14 @@ func (b *builder) images(ctx context.Context) (map[string]string, error) {
 			if errors.Is(err, image.ErrInvalid) {
 				be.Hint = "images takes tarballs as `docker save` writes them, and OCI layout directories; re-save or rebuild the image"
 			}
-			return nil, be
+			return stageResult{}, be
 		}
 		perSource[i] = imgs
 		all = append(all, imgs...)
 	}
 	ids, err := resolveImages(s, all)
 	if err != nil {
-		return nil, err
+		return stageResult{}, err
 	}
 	var size int64
 	for i, entry := range s.Images {
@@ -70,7 +70,7 @@ func (b *builder) images(ctx context.Context) (map[string]string, error) {
 			rec := bundle.ImageRecord{Source: entry, ID: img.ID, Refs: img.Refs, Layers: img.Layers}
 			flat, shadowed, err := b.maybeFlatten(ctx, i, j, img, all)
 			if err != nil {
-				return nil, err
+				return stageResult{}, err
 			}
 			rec.Shadowed = shadowed
 			if flat.ID != img.ID {
@@ -94,13 +94,13 @@ func (b *builder) images(ctx context.Context) (map[string]string, error) {
 			// directory, so it is written as one (same configs, same IDs).
 			src.path = filepath.Join(b.work, "image-"+strconv.Itoa(i)+".tar")
 			if err := image.WriteDockerArchive(ctx, src.path, imgs); err != nil {
-				return nil, fmt.Errorf("images[%d]: %w", i, err)
+				return stageResult{}, fmt.Errorf("images[%d]: %w", i, err)
 			}
 		}
 		b.imageSources = append(b.imageSources, src)
 	}
 	b.imageIDs = ids
-	return map[string]string{"images": strconv.Itoa(len(all)), "size": strconv.FormatInt(size, 10)}, nil
+	return stageResult{Size: size, Facts: map[string]string{"images": strconv.Itoa(len(all))}}, nil
 }
 
 // maybeFlatten flattens img to one layer when its layers replace or delete

@@ -5,7 +5,6 @@ import (
 	"os"
 
 	"path/filepath"
-	"strconv"
 	"time"
 
 	"github.com/emu-dev/emu/internal/disk"
@@ -22,7 +21,7 @@ import (
 // power off. A machine.Session follows the guest: it decides on whichever
 // comes first, the agent's done or failed, QEMU exiting, a timeout, or ctx
 // ending; no polling.
-func (b *builder) provision(ctx context.Context) (map[string]string, error) {
+func (b *builder) provision(ctx context.Context) (stageResult, error) {
 	s := b.opts.Stack
 	acc := b.opts.Accel
 	total := acc.Scale(machine.HelloTimeout+machine.PowerOffTimeout) + 2*time.Minute
@@ -76,18 +75,18 @@ func (b *builder) provision(ctx context.Context) (map[string]string, error) {
 		Log:     b.opts.Log,
 	}
 	if err := sess.Run(ctx); err != nil {
-		return nil, err
+		return stageResult{}, err
 	}
 	// The agent synced and trimmed before done; QEMU flushes on SIGTERM if
 	// the guest does not power off in time.
 	if _, err := sess.PowerOff(ctx, acc.Scale(machine.PowerOffTimeout)); err != nil {
-		return nil, err
+		return stageResult{}, err
 	}
 	alloc, err := disk.Allocated(raw)
 	if err != nil {
-		return nil, err
+		return stageResult{}, err
 	}
-	return map[string]string{"size": strconv.FormatInt(alloc, 10)}, nil
+	return stageResult{Size: alloc}, nil
 }
 
 // BakeServices are the services started for the bake: those the base

@@ -19,34 +19,34 @@ import (
 // inject unpacks the base tree and adds the agent, emu's guest files and
 // the stack's own files. The kernel and initrd move out of the tree: the
 // bundle carries them beside the disk, so the disk need not.
-func (b *builder) inject(ctx context.Context) (map[string]string, error) {
+func (b *builder) inject(ctx context.Context) (stageResult, error) {
 	tree := filepath.Join(b.work, store.WorkTree)
 	if err := os.MkdirAll(tree, 0o755); err != nil {
-		return nil, err
+		return stageResult{}, err
 	}
 	if _, err := b.opts.Runner.Run(ctx, "tar", "--zstd", "-xpf", b.tarball, "-C", tree, "--numeric-owner"); err != nil {
-		return nil, fmt.Errorf("unpack %s: %w", b.tarball, err)
+		return stageResult{}, fmt.Errorf("unpack %s: %w", b.tarball, err)
 	}
 	kernel, initrd, err := findKernel(tree)
 	if err != nil {
-		return nil, err
+		return stageResult{}, err
 	}
 	b.kernel = filepath.Join(b.work, store.WorkKernel)
 	b.initrd = filepath.Join(b.work, store.WorkInitrd)
 	for src, dst := range map[string]string{kernel: b.kernel, initrd: b.initrd} {
 		if err := moveFile(src, dst); err != nil {
-			return nil, err
+			return stageResult{}, err
 		}
 	}
 	if err := copyFile(b.opts.AgentBinary, filepath.Join(tree, proto.BinaryPath), 0o755); err != nil {
-		return nil, fmt.Errorf("add agent: %w", err)
+		return stageResult{}, fmt.Errorf("add agent: %w", err)
 	}
 	files, err := guest.Render(b.opts.Stack, b.imageIDs)
 	if err != nil {
-		return nil, err
+		return stageResult{}, err
 	}
 	if err := guest.Write(tree, files); err != nil {
-		return nil, err
+		return stageResult{}, err
 	}
 	for i, f := range b.opts.Stack.Files {
 		src := b.opts.Stack.FilePath(f)
@@ -54,42 +54,42 @@ func (b *builder) inject(ctx context.Context) (map[string]string, error) {
 		if mode == 0 {
 			fi, err := os.Stat(src)
 			if err != nil {
-				return nil, fmt.Errorf("add file %s: %w", f.Src, err)
+				return stageResult{}, fmt.Errorf("add file %s: %w", f.Src, err)
 			}
 			mode = fi.Mode().Perm()
 		}
 		if err := copyFile(src, filepath.Join(tree, f.Dst), mode); err != nil {
-			return nil, fmt.Errorf("add file %s as %s: %w", f.Src, f.Dst, err)
+			return stageResult{}, fmt.Errorf("add file %s as %s: %w", f.Src, f.Dst, err)
 		}
 		if f.Optimize.Enabled {
 			if err := b.optimizeFile(ctx, tree, i, f, src, mode); err != nil {
-				return nil, err
+				return stageResult{}, err
 			}
 		}
 	}
 	size, err := treeSize(tree)
 	if err != nil {
-		return nil, err
+		return stageResult{}, err
 	}
-	return map[string]string{"size": strconv.FormatInt(size, 10), "files": strconv.Itoa(len(b.opts.Stack.Files))}, nil
+	return stageResult{Size: size, Facts: map[string]string{"files": strconv.Itoa(len(b.opts.Stack.Files))}}, nil
 }
 
 // disk writes the tree into a sparse raw ext4 disk of vm.disk bytes.
-func (b *builder) disk(ctx context.Context) (map[string]string, error) {
+func (b *builder) disk(ctx context.Context) (stageResult, error) {
 	raw := b.rawDisk()
 	tree := filepath.Join(b.work, store.WorkTree)
 	if err := disk.MakeExt4(ctx, b.opts.Runner, tree, raw, int64(b.opts.Stack.VM.Disk)); err != nil {
-		return nil, err
+		return stageResult{}, err
 	}
 	// The tree is in the disk now; free its space before the guest boots.
 	if err := os.RemoveAll(tree); err != nil {
-		return nil, fmt.Errorf("remove tree: %w", err)
+		return stageResult{}, fmt.Errorf("remove tree: %w", err)
 	}
 	alloc, err := disk.Allocated(raw)
 	if err != nil {
-		return nil, err
+		return stageResult{}, err
 	}
-	return map[string]string{"size": strconv.FormatInt(alloc, 10)}, nil
+	return stageResult{Size: alloc}, nil
 }
 
 // findKernel returns the tree's newest kernel and its initrd.

@@ -11,13 +11,13 @@ import (
 
 // verify boots the staged bundle as `emu verify` would, so no bundle is
 // placed whose services do not all come up.
-func (b *builder) verify(ctx context.Context) (map[string]string, error) {
+func (b *builder) verify(ctx context.Context) (stageResult, error) {
 	if b.opts.SkipVerify {
 		b.emit(event.New(event.Log, "verify", "skipped (--skip-verify)"))
-		return map[string]string{"skipped": "true"}, nil
+		return stageResult{Facts: map[string]string{"skipped": "true"}}, nil
 	}
 	if _, err := b.assemble(); err != nil {
-		return nil, err
+		return stageResult{}, err
 	}
 	b.seedDiskCache()
 	t, err := machine.Verify(ctx, machine.VerifyOptions{
@@ -33,15 +33,15 @@ func (b *builder) verify(ctx context.Context) (map[string]string, error) {
 	})
 	if ge := machine.AsGuestError(err); ge != nil {
 		ge.Op = ""
-		return nil, &Error{Stage: "verify", Err: ge, Hint: "the image's services did not all come up; the previous bundle is untouched"}
+		return stageResult{}, &Error{Stage: "verify", Err: ge, Hint: "the image's services did not all come up; the previous bundle is untouched"}
 	}
 	if err != nil {
-		return nil, err
+		return stageResult{}, err
 	}
-	return map[string]string{
+	return stageResult{Facts: map[string]string{
 		"boot_ms":     strconv.FormatInt(t.Hello.Milliseconds(), 10),
 		"services_ms": strconv.FormatInt(t.Services.Milliseconds(), 10),
-	}, nil
+	}}, nil
 }
 
 // emitGuest passes on a boot check's events, except its own verdict: the

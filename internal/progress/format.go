@@ -9,6 +9,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/emu-dev/emu/internal/event"
+	"github.com/emu-dev/emu/internal/proto"
 )
 
 // ProvisionStage is the stage under which bake steps are drawn.
@@ -53,10 +54,10 @@ func Dur(d time.Duration) string {
 // facts renders the stage fields worth a glance: "cached", the output size.
 func facts(fields map[string]string) string {
 	var parts []string
-	if fields["cached"] == "true" {
+	if fields[proto.FieldCached] == "true" {
 		parts = append(parts, "cached")
 	}
-	if v, ok := fields["size"]; ok {
+	if v, ok := fields[proto.FieldSize]; ok {
 		if n, err := strconv.ParseInt(v, 10, 64); err == nil {
 			parts = append(parts, Humanize(n))
 		} else {
