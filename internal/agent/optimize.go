@@ -3,13 +3,11 @@ package agent
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -127,17 +125,9 @@ func (a *Agent) install(ctx context.Context, b proto.Binary) (event.Event, error
 	if reason != "" {
 		msg += ": " + reason
 	}
-	e := event.New(event.Log, proto.OptimizeStage, msg).
-		With(proto.FieldDst, b.Dst).With(proto.FieldChosen, chosen).With(proto.FieldSize, strconv.FormatInt(size, 10)).
-		With(proto.FieldVerified, strconv.FormatBool(verified))
-	if reason != "" {
-		e = e.With(proto.FieldReason, reason)
-	}
-	if len(checks) > 0 {
-		cj, _ := json.Marshal(checks)
-		e = e.With(proto.FieldChecks, string(cj))
-	}
-	return e, nil
+	return event.New(event.Log, proto.OptimizeStage, msg).WithData(proto.BinaryChoice{
+		Dst: b.Dst, Chosen: chosen, Size: size, Verified: verified, Reason: reason, Checks: checks,
+	})
 }
 
 // replace renames path over dst with dst's mode and owner, and returns

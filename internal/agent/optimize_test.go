@@ -119,19 +119,17 @@ func TestInstall(t *testing.T) {
 			if err != nil {
 				t.Fatalf("install: %v", err)
 			}
-			if e.Kind != event.Log || e.Name != proto.OptimizeStage || e.Fields[proto.FieldDst] != b.Dst || e.Fields[proto.FieldChosen] != tt.want ||
-				e.Fields[proto.FieldVerified] != map[bool]string{true: "true", false: "false"}[tt.verified] {
-				t.Errorf("event %s %v, want chosen %s, verified %v", e, e.Fields, tt.want, tt.verified)
+			var c proto.BinaryChoice
+			if err := e.DecodeData(&c); err != nil {
+				t.Fatalf("event %s: %v", e, err)
 			}
-			if !strings.Contains(e.Fields[proto.FieldReason], tt.reason) || (tt.reason == "" && e.Fields[proto.FieldReason] != "") {
-				t.Errorf("reason %q, want %q", e.Fields[proto.FieldReason], tt.reason)
+			if e.Kind != event.Log || e.Name != proto.OptimizeStage || c.Dst != b.Dst || c.Chosen != tt.want || c.Verified != tt.verified {
+				t.Errorf("event %s %+v, want chosen %s, verified %v", e, c, tt.want, tt.verified)
 			}
-			var checks []proto.Check
-			if cj := e.Fields[proto.FieldChecks]; cj != "" {
-				if err := json.Unmarshal([]byte(cj), &checks); err != nil {
-					t.Fatalf("checks field %q: %v", cj, err)
-				}
+			if !strings.Contains(c.Reason, tt.reason) || (tt.reason == "" && c.Reason != "") {
+				t.Errorf("reason %q, want %q", c.Reason, tt.reason)
 			}
+			checks := c.Checks
 			if tt.ran != nil {
 				var ran []string
 				for _, c := range checks {
@@ -155,8 +153,8 @@ func TestInstall(t *testing.T) {
 			if fi, _ := os.Stat(b.Dst); fi.Mode().Perm() != 0o751 {
 				t.Errorf("dst mode %v, want the original's 0751", fi.Mode().Perm())
 			}
-			if e.Fields[proto.FieldSize] != itoa(len(want)) {
-				t.Errorf("size %s, want %d", e.Fields[proto.FieldSize], len(want))
+			if c.Size != int64(len(want)) {
+				t.Errorf("size %d, want %d", c.Size, len(want))
 			}
 		})
 	}
@@ -204,8 +202,9 @@ func TestProvisionOptimizes(t *testing.T) {
 		t.Errorf("events (-want +got):\n%s", diff)
 	}
 	e, ok := find(events, event.Log, proto.OptimizeStage)
-	if !ok || e.Fields[proto.FieldChosen] != "stripped" {
-		t.Errorf("optimize event %v, want the stripped file chosen", e)
+	var c proto.BinaryChoice
+	if !ok || e.DecodeData(&c) != nil || c.Chosen != "stripped" {
+		t.Errorf("optimize event %v (%+v), want the stripped file chosen", e, c)
 	}
 	if _, err := os.Stat(scratch); !os.IsNotExist(err) {
 		t.Errorf("candidates left: %v", err)

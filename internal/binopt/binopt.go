@@ -10,6 +10,8 @@ import (
 	"runtime"
 	"strings"
 	"time"
+
+	"github.com/emu-dev/emu/internal/proto"
 )
 
 // Compression methods.
@@ -106,17 +108,6 @@ const (
 	Compressed Candidate = "compressed"
 )
 
-// Check is one verify run of one candidate.
-type Check struct {
-	Candidate Candidate     `json:"candidate"`
-	OK        bool          `json:"ok"`
-	ExitCode  int           `json:"exit_code"`
-	TimedOut  bool          `json:"timed_out,omitempty"`
-	Output    string        `json:"output,omitempty"` // the last lines
-	Reason    string        `json:"reason,omitempty"` // why it failed
-	Duration  time.Duration `json:"duration"`
-}
-
 // Report is what Optimize did with one file. Sizes are 0 for a candidate
 // that was not made.
 type Report struct {
@@ -127,8 +118,8 @@ type Report struct {
 	Compressed int64     `json:"compressed,omitempty"`
 	Chosen     Candidate `json:"chosen"`
 	// Verified is true when the chosen file passed Verify.
-	Verified bool    `json:"verified"`
-	Checks   []Check `json:"checks,omitempty"`
+	Verified bool          `json:"verified"`
+	Checks   []proto.Check `json:"checks,omitempty"`
 	// Reason says why the chosen file is not the smallest one attempted,
 	// or why the file was skipped; empty when all went to plan.
 	Reason   string        `json:"reason,omitempty"`
@@ -155,13 +146,13 @@ func (r Report) Ratio() float64 {
 }
 
 // Check returns the verify run of candidate c, if there was one.
-func (r Report) Check(c Candidate) (Check, bool) {
+func (r Report) Check(c Candidate) (proto.Check, bool) {
 	for _, ch := range r.Checks {
-		if ch.Candidate == c {
+		if Candidate(ch.Candidate) == c {
 			return ch, true
 		}
 	}
-	return Check{}, false
+	return proto.Check{}, false
 }
 
 // ErrNoUPX means compression was asked for and no UPX was found.

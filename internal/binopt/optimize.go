@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/emu-dev/emu/internal/command"
+	"github.com/emu-dev/emu/internal/proto"
 )
 
 // Runner runs the tools, strip and upx; command.Exec is one.
@@ -284,7 +285,7 @@ func (o *optimizer) verify(c Candidate, path string) (bool, error) {
 	}
 	start := time.Now()
 	out, err := o.opts.Verifier.Run(o.ctx, path, v.Args, timeout)
-	ch := Check{Candidate: c, ExitCode: out.ExitCode, TimedOut: out.TimedOut, Duration: time.Since(start),
+	ch := proto.Check{Candidate: string(c), ExitCode: out.ExitCode, TimedOut: out.TimedOut, Duration: time.Since(start),
 		Output: strings.Join(command.LastLines(o.scrub(string(out.Output)), 5), "\n")}
 	switch {
 	case o.ctx.Err() != nil:

@@ -110,28 +110,27 @@ func sizes(r binopt.Report, cached bool) string {
 
 // observe records the guest's choice for an optimized file in the manifest.
 func (b *builder) observe(e event.Event) {
-	if e.Kind != event.Log || e.Name != proto.OptimizeStage || e.Fields[proto.FieldDst] == "" {
+	if e.Kind != event.Log || e.Name != proto.OptimizeStage || len(e.Data) == 0 {
 		return
 	}
-	i, ok := b.bins.at[e.Fields[proto.FieldDst]]
+	var c proto.BinaryChoice
+	if err := e.DecodeData(&c); err != nil {
+		b.emit(event.New(event.Log, "provision", "unreadable optimize report from the guest: "+err.Error()))
+		return
+	}
+	i, ok := b.bins.at[c.Dst]
 	if !ok {
 		return
 	}
 	r := &b.man.Binaries[i]
-	r.Chosen = binopt.Candidate(e.Fields[proto.FieldChosen])
-	r.Verified = e.Fields[proto.FieldVerified] == "true"
-	var checks []binopt.Check
-	if cj := e.Fields[proto.FieldChecks]; cj != "" {
-		if err := json.Unmarshal([]byte(cj), &checks); err != nil {
-			b.emit(event.New(event.Log, "provision", fmt.Sprintf("%s: unreadable checks from the guest: %v", r.Path, err)))
-		}
+	r.Chosen = binopt.Candidate(c.Chosen)
+	r.Verified = c.Verified
+	for _, ch := range c.Checks {
+		r.Duration += ch.Duration
 	}
-	for _, c := range checks {
-		r.Duration += c.Duration
-	}
-	r.Checks = append(r.Checks, checks...)
-	if reason := e.Fields[proto.FieldReason]; reason != "" {
-		r.Reason = strings.TrimPrefix(r.Reason+"; "+reason, "; ")
+	r.Checks = append(r.Checks, c.Checks...)
+	if c.Reason != "" {
+		r.Reason = strings.TrimPrefix(r.Reason+"; "+c.Reason, "; ")
 	}
 }
 

@@ -3,7 +3,6 @@ package build
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -145,15 +144,22 @@ func TestOptimizeFileForTheGuest(t *testing.T) {
 		{Candidate: "compressed", ExitCode: 1, Reason: "exit code 1, want 0", Duration: time.Second},
 		{Candidate: "stripped", OK: true, Output: "app 1.0", Duration: 2 * time.Second},
 	}
-	cj, _ := json.Marshal(checks)
 	before := r.Duration
-	b.observe(event.New(event.Log, proto.OptimizeStage, "").With(proto.FieldDst, "/usr/local/bin/app").With(proto.FieldChosen, "stripped").
-		With(proto.FieldVerified, "true").With(proto.FieldReason, "the compressed file fails its verify (exit code 1, want 0)").With(proto.FieldChecks, string(cj)))
-	b.observe(event.New(event.Log, proto.OptimizeStage, "").With(proto.FieldDst, "/elsewhere").With(proto.FieldChosen, "compressed"))
+	observe := func(c proto.BinaryChoice) {
+		t.Helper()
+		e, err := event.New(event.Log, proto.OptimizeStage, "").WithData(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b.observe(e)
+	}
+	observe(proto.BinaryChoice{Dst: "/usr/local/bin/app", Chosen: "stripped", Verified: true,
+		Reason: "the compressed file fails its verify (exit code 1, want 0)", Checks: checks})
+	observe(proto.BinaryChoice{Dst: "/elsewhere", Chosen: "compressed"})
 	r = b.man.Binaries[0]
-	wantChecks := []binopt.Check{
-		{Candidate: binopt.Compressed, ExitCode: 1, Reason: "exit code 1, want 0", Duration: time.Second},
-		{Candidate: binopt.Stripped, OK: true, Output: "app 1.0", Duration: 2 * time.Second},
+	wantChecks := []proto.Check{
+		{Candidate: "compressed", ExitCode: 1, Reason: "exit code 1, want 0", Duration: time.Second},
+		{Candidate: "stripped", OK: true, Output: "app 1.0", Duration: 2 * time.Second},
 	}
 	if diff := cmp.Diff(wantChecks, r.Checks); diff != "" {
 		t.Errorf("checks (-want +got):\n%s", diff)

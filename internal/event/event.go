@@ -60,6 +60,9 @@ type Event struct {
 	// Fields carries small structured facts: a stage's output size, a
 	// service's ports, the agent's version.
 	Fields map[string]string `json:"fields,omitempty"`
+	// Data is a typed payload, for what is more than a few strings (the
+	// guest's choice for an optimized binary); proto names its types.
+	Data json.RawMessage `json:"data,omitempty"`
 }
 
 // New returns an event stamped with the current time.
@@ -82,6 +85,27 @@ func (e Event) With(k, v string) Event {
 	f[k] = v
 	e.Fields = f
 	return e
+}
+
+// WithData returns e carrying v, encoded as its Data.
+func (e Event) WithData(v any) (Event, error) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return e, fmt.Errorf("encode %s payload: %w", e.Kind, err)
+	}
+	e.Data = b
+	return e, nil
+}
+
+// DecodeData decodes e's Data into v.
+func (e Event) DecodeData(v any) error {
+	if len(e.Data) == 0 {
+		return fmt.Errorf("%s %s carries no data", e.Kind, e.Name)
+	}
+	if err := json.Unmarshal(e.Data, v); err != nil {
+		return fmt.Errorf("decode %s %s payload: %w", e.Kind, e.Name, err)
+	}
+	return nil
 }
 
 // String renders e as one human line, without the time.

@@ -303,3 +303,29 @@ func FuzzDecode(f *testing.F) {
 		}
 	})
 }
+
+func TestEventData(t *testing.T) {
+	type payload struct {
+		Dst  string `json:"dst"`
+		Size int64  `json:"size"`
+	}
+	e, err := New(Log, "optimize", "chose").WithData(payload{Dst: "/bin/app", Size: 42})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	if err := NewEncoder(&buf).Encode(e); err != nil {
+		t.Fatal(err)
+	}
+	got, err := NewDecoder(&buf).Decode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var p payload
+	if err := got.DecodeData(&p); err != nil || p.Dst != "/bin/app" || p.Size != 42 {
+		t.Errorf("DecodeData = %+v, %v", p, err)
+	}
+	if err := New(Log, "x", "").DecodeData(&p); err == nil {
+		t.Error("DecodeData of an event without data: no error")
+	}
+}

@@ -126,6 +126,20 @@ const LoadStage = "load"
 // PodmanPath is podman's binary in a Debian guest.
 const PodmanPath = "/usr/bin/podman"
 
+// BinaryChoice is the guest's choice for one optimized binary: the Data
+// of the optimize stage's log event for the file.
+type BinaryChoice struct {
+	Dst string `json:"dst"`
+	// Chosen is the candidate installed ("original" when none passed).
+	Chosen string `json:"chosen"`
+	Size   int64  `json:"size"`
+	// Verified: the chosen file ran its verify.
+	Verified bool `json:"verified"`
+	// Reason says why candidates were passed over.
+	Reason string  `json:"reason,omitempty"`
+	Checks []Check `json:"checks,omitempty"`
+}
+
 // Check is one verify run of one candidate, as the host's report records it.
 type Check struct {
 	Candidate string        `json:"candidate"`
@@ -200,16 +214,6 @@ const (
 	// FieldPorts on service events: the service's "name=guest" ports,
 	// comma-separated.
 	FieldPorts = "ports"
-	// FieldDst on an optimize log event: the file.
-	FieldDst = "dst"
-	// FieldChosen on an optimize log event: the candidate installed.
-	FieldChosen = "chosen"
-	// FieldVerified on an optimize log event: "true" when the candidate ran its verify.
-	FieldVerified = "verified"
-	// FieldReason on an optimize log event: why no candidate was chosen.
-	FieldReason = "reason"
-	// FieldChecks on an optimize log event: the verify runs, a JSON array of Check.
-	FieldChecks = "checks"
 	// FieldSize on stage.done and on an optimize log event: a size in bytes.
 	FieldSize = "size"
 	// FieldKind on the build's "not optimized" log event: what the file is.
