@@ -100,17 +100,9 @@ func (b *builder) assemble() (int64, error) {
 		return 0, err
 	}
 	m := &b.man
-	m.Name, m.Arch, m.InputHash, m.EmuVersion = s.Name, s.Base.Arch, hash, b.opts.Version
+	describeStack(m, s)
+	m.InputHash, m.EmuVersion = hash, b.opts.Version
 	m.Created = time.Now().UTC().Truncate(time.Second)
-	m.Cmdline = guest.Cmdline(proto.Run)
-	m.VM = s.VM
-	m.Services = nil
-	for _, name := range s.StartOrder() {
-		svc := s.Services[name]
-		m.Services = append(m.Services, bundle.ServiceRecord{
-			Name: name, Unit: guest.UnitName(name, svc), After: svc.After, Ports: svc.Ports, Health: svc.Health,
-		})
-	}
 	b.logMu.Lock()
 	err = b.logFile.Sync()
 	b.logMu.Unlock()
@@ -144,6 +136,21 @@ func (b *builder) assemble() (int64, error) {
 		return 0, fmt.Errorf("write manifest: %w", err)
 	}
 	return total, nil
+}
+
+// describeStack fills in what the manifest says about s: its name and
+// architecture, how to boot it, and its services.
+func describeStack(m *bundle.Manifest, s *spec.Stack) {
+	m.Name, m.Arch = s.Name, s.Base.Arch
+	m.Cmdline = guest.Cmdline(proto.Run)
+	m.VM = s.VM
+	m.Services = nil
+	for _, name := range s.StartOrder() {
+		svc := s.Services[name]
+		m.Services = append(m.Services, bundle.ServiceRecord{
+			Name: name, Unit: guest.UnitName(name, svc), After: svc.After, Ports: svc.Ports, Health: svc.Health,
+		})
+	}
 }
 
 // seedDiskCache hands the raw disk to the disk cache under the packed

@@ -33,29 +33,12 @@ func (b *builder) provision(ctx context.Context) (stageResult, error) {
 	}
 	total += b.bins.budget
 
-	req := provisionRequest(s, b.imageIDs)
-	req.Optimize = b.bins.items
-	req.Images = b.imageRequests()
-	req.AckSteps = true
+	req := b.request()
 	raw := b.rawDisk()
 	serial := filepath.Join(b.logs, store.SerialLog)
 	sess := &machine.Session{
 		Boot: func(ctx context.Context) (machine.Guest, error) {
-			return machine.Start(ctx, machine.Config{
-				Name:    "emu-build-" + s.Name,
-				Arch:    s.Base.Arch,
-				VM:      s.VM,
-				Accel:   acc,
-				Kernel:  b.kernel,
-				Initrd:  b.initrd,
-				Cmdline: guest.Cmdline(proto.Provision),
-				Drive:   qemu.Drive{Path: raw, Format: "raw", Discard: true, Cache: "unsafe"},
-				Extra:   b.imageDrives(),
-				Serial:  serial,
-				Output:  filepath.Join(b.logs, store.QEMULog),
-				QEMU:    b.opts.QEMU,
-				Log:     b.opts.Log,
-			})
+			return machine.Start(ctx, b.provisionConfig())
 		},
 		Retry: func() { _ = os.Rename(serial, serial+".1") },
 		Until: event.Done,
@@ -87,6 +70,39 @@ func (b *builder) provision(ctx context.Context) (stageResult, error) {
 		return stageResult{}, err
 	}
 	return stageResult{Size: alloc}, nil
+}
+
+// provisionConfig is the provisioning guest: the raw disk, writable and
+// thrown away after, with the image sources attached read-only.
+func (b *builder) provisionConfig() machine.Config {
+	s := b.opts.Stack
+	return machine.Config{
+		Name:    "emu-build-" + s.Name,
+		Arch:    s.Base.Arch,
+		VM:      s.VM,
+		Accel:   b.opts.Accel,
+		Kernel:  b.kernel,
+		Initrd:  b.initrd,
+		Cmdline: guest.Cmdline(proto.Provision),
+		Drive:   qemu.Drive{Path: b.rawDisk(), Format: "raw", Discard: true, Cache: "unsafe"},
+		Extra:   b.imageDrives(),
+		Serial:  filepath.Join(b.logs, store.SerialLog),
+		Output:  filepath.Join(b.logs, store.QEMULog),
+		QEMU:    b.opts.QEMU,
+		Log:     b.opts.Log,
+	}
+}
+
+// request is the provision request this build sends on hello.
+func (b *builder) request() proto.Request {
+	req := provisionRequest(b.opts.Stack, b.imageIDs)
+	req.Optimize = b.bins.items
+	req.Images = b.imageRequests()
+	// The agent waits for the host's ack of each step's start before it
+	// runs the step (machine.Session acks), so that a step that takes the
+	// guest down at once is still named.
+	req.AckSteps = true
+	return req
 }
 
 // BakeServices are the services started for the bake: those the base

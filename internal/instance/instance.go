@@ -305,12 +305,12 @@ func writeRuntime(inst store.Instance, o UpOptions) error {
 	return nil
 }
 
-// startInstance starts the instance's QEMU, detached, on its overlay, and
-// records its pid and instance.json, so that every later command finds it
-// even while it boots.
-func startInstance(ctx context.Context, o UpOptions, sum string) (*machine.VM, error) {
+// bootConfig is the instance's guest: detached, on its overlay, with its
+// sockets at paths in the instance directory, its forwards and the runtime
+// config.
+func bootConfig(o UpOptions) machine.Config {
 	inst := o.Instance
-	vm, err := machine.Start(ctx, machine.Config{
+	return machine.Config{
 		Name: "emu-" + inst.Name, Arch: o.Manifest.Arch, VM: o.Manifest.VM, Accel: o.Accel,
 		Kernel:      filepath.Join(o.Bundle, store.BundleKernel),
 		Initrd:      filepath.Join(o.Bundle, store.BundleInitrd),
@@ -325,7 +325,15 @@ func startInstance(ctx context.Context, o UpOptions, sum string) (*machine.VM, e
 		Detach:      true,
 		QEMU:        o.QEMU,
 		Log:         o.Log,
-	})
+	}
+}
+
+// startInstance starts the instance's QEMU, detached, on its overlay, and
+// records its pid and instance.json, so that every later command finds it
+// even while it boots.
+func startInstance(ctx context.Context, o UpOptions, sum string) (*machine.VM, error) {
+	inst := o.Instance
+	vm, err := machine.Start(ctx, bootConfig(o))
 	if err != nil {
 		return nil, err
 	}

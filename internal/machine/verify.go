@@ -101,16 +101,7 @@ func Verify(ctx context.Context, opts VerifyOptions) (Timings, error) {
 	sess := &Session{
 		Op: "verify",
 		Boot: func(ctx context.Context) (Guest, error) {
-			return Start(ctx, Config{
-				Name: cmp.Or(opts.Name, "emu-verify-"+man.Name), Arch: man.Arch, VM: man.VM, Accel: opts.Accel,
-				Kernel:  filepath.Join(opts.Bundle, store.BundleKernel),
-				Initrd:  filepath.Join(opts.Bundle, store.BundleInitrd),
-				Cmdline: man.Cmdline,
-				Drive:   qemu.Drive{Path: overlay, Format: "qcow2", Discard: true, Cache: "unsafe"},
-				Serial:  serial,
-				Output:  filepath.Join(logDir, store.QEMULog),
-				QEMU:    opts.QEMU, Log: opts.Log,
-			})
+			return Start(ctx, verifyConfig(opts, man, overlay, logDir))
 		},
 		Retry:        func() { _ = os.Rename(serial, serial+".1") },
 		Until:        event.Ready,
@@ -138,6 +129,21 @@ func Verify(ctx context.Context, opts VerifyOptions) (Timings, error) {
 	}
 	emit(event.New(event.Done, man.Name, "verified"))
 	return t, nil
+}
+
+// verifyConfig is the boot check's guest: the bundle's kernel and run-mode
+// command line, on a throwaway overlay.
+func verifyConfig(opts VerifyOptions, man bundle.Manifest, overlay, logDir string) Config {
+	return Config{
+		Name: cmp.Or(opts.Name, "emu-verify-"+man.Name), Arch: man.Arch, VM: man.VM, Accel: opts.Accel,
+		Kernel:  filepath.Join(opts.Bundle, store.BundleKernel),
+		Initrd:  filepath.Join(opts.Bundle, store.BundleInitrd),
+		Cmdline: man.Cmdline,
+		Drive:   qemu.Drive{Path: overlay, Format: "qcow2", Discard: true, Cache: "unsafe"},
+		Serial:  filepath.Join(logDir, store.SerialLog),
+		Output:  filepath.Join(logDir, store.QEMULog),
+		QEMU:    opts.QEMU, Log: opts.Log,
+	}
 }
 
 // failedService names the service a guest failure is about, if any.

@@ -99,27 +99,9 @@ func Start(ctx context.Context, cfg Config) (*VM, error) {
 		}
 		files = append(files, f)
 	}
-	qmpSock := qemu.Socket{}
-	if cfg.QMPSocket != "" {
-		qmpSock = qemu.Socket{FD: 4}
-	}
-
-	cpus, mem := cfg.VM.CPUs, int64(cfg.VM.Memory)
-	argv, err := qemu.Args(qemu.Config{
-		Arch: cfg.Arch, Accel: cfg.Accel.Accel, CPUs: cpus, Memory: mem,
-		Kernel: cfg.Kernel, Initrd: cfg.Initrd, Append: cfg.Cmdline,
-		Drives:    append([]qemu.Drive{cfg.Drive}, cfg.Extra...),
-		SerialLog: cfg.Serial,
-		Agent:     qemu.Socket{FD: 3},
-		QMP:       qmpSock,
-		Forwards:  cfg.Forwards,
-		FWCfg:     cfg.FWCfg,
-		Name:      cfg.Name,
-		NoReboot:  true,
-		TBSize:    cfg.Accel.TBSize,
-	}, qemu.Host{OS: runtime.GOOS, Arch: runtime.GOARCH})
+	argv, err := Args(cfg, qemu.Host{OS: runtime.GOOS, Arch: runtime.GOARCH})
 	if err != nil {
-		return nil, fmt.Errorf("qemu command line: %w", err)
+		return nil, err
 	}
 	out, err := os.Create(cfg.Output)
 	if err != nil {
@@ -139,6 +121,33 @@ func Start(ctx context.Context, cfg Config) (*VM, error) {
 	}
 	vm.Proc, vm.SerialPath = proc, cfg.Serial
 	return vm, nil
+}
+
+// Args is QEMU's command line for cfg on host: the agent's channel is fd
+// 3, QMP's fd 4 when cfg has a QMP socket. It is pure; golden files hold
+// it for each real caller (provisioning, the boot check, up).
+func Args(cfg Config, host qemu.Host) ([]string, error) {
+	qmpSock := qemu.Socket{}
+	if cfg.QMPSocket != "" {
+		qmpSock = qemu.Socket{FD: 4}
+	}
+	argv, err := qemu.Args(qemu.Config{
+		Arch: cfg.Arch, Accel: cfg.Accel.Accel, CPUs: cfg.VM.CPUs, Memory: int64(cfg.VM.Memory),
+		Kernel: cfg.Kernel, Initrd: cfg.Initrd, Append: cfg.Cmdline,
+		Drives:    append([]qemu.Drive{cfg.Drive}, cfg.Extra...),
+		SerialLog: cfg.Serial,
+		Agent:     qemu.Socket{FD: 3},
+		QMP:       qmpSock,
+		Forwards:  cfg.Forwards,
+		FWCfg:     cfg.FWCfg,
+		Name:      cfg.Name,
+		NoReboot:  true,
+		TBSize:    cfg.Accel.TBSize,
+	}, host)
+	if err != nil {
+		return nil, fmt.Errorf("qemu command line: %w", err)
+	}
+	return argv, nil
 }
 
 // Connect opens the agent channel at addr (a path, or @name) of a guest
