@@ -115,8 +115,7 @@ func (f Forward) Label() string { return f.Service + " (" + f.Name + ")" }
 const OptimizeDir = "/var/lib/emu/binopt"
 
 // OptimizeStage names the guest's optimize stage and its per-file log
-// events, which carry the fields dst, chosen, size, verified, reason and
-// checks (a JSON array of Check).
+// events, whose Data is a BinaryChoice.
 const OptimizeStage = "optimize"
 
 // LoadStage is the provisioning stage that loads container images into the
