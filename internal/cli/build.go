@@ -33,7 +33,7 @@ func runBuild(ctx context.Context, e *env, args []string) error {
 	if runtime.GOOS != "linux" {
 		return withHint{err: fmt.Errorf("emu build runs on Linux only (mmdebstrap, mkfs.ext4), not %s", runtime.GOOS), hint: "build the bundle on a Linux machine or in CI, copy it here and run emu up"}
 	}
-	stack, err := spec.Load(*file)
+	stack, err := loadStack(ctx, *file)
 	if err != nil {
 		return err
 	}

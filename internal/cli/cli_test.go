@@ -4,10 +4,13 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 )
 
 func run(t *testing.T, args ...string) (string, string, int) {
@@ -136,5 +139,36 @@ func TestDownResetJSON(t *testing.T) {
 	_, errs, code := run(t, "down", "demo")
 	if code != ExitOK || strings.TrimSpace(errs) != "demo is not running" {
 		t.Errorf("down without --json: exit %d, stderr %q", code, errs)
+	}
+}
+
+// A signal while the stack file loads is answered at once: here the file is
+// a FIFO nobody writes, so the load itself never ends.
+func TestLoadStackInterrupted(t *testing.T) {
+	fifo := filepath.Join(t.TempDir(), "emu.yaml")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Skipf("mkfifo: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() {
+		time.Sleep(50 * time.Millisecond)
+		cancel()
+	}()
+	done := make(chan error, 1)
+	go func() {
+		_, err := loadStack(ctx, fifo)
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.Canceled) {
+			t.Errorf("loadStack = %v, want interrupted", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("loadStack did not return after its context ended")
+	}
+	// Let the loader's goroutine go: open the FIFO's other end.
+	if f, err := os.OpenFile(fifo, os.O_WRONLY, 0); err == nil {
+		f.Close()
 	}
 }

@@ -38,7 +38,7 @@ func (e *env) stopReporter(jsonOut bool) event.Sink {
 
 func runDown(ctx context.Context, e *env, args []string) error {
 	var jsonOut *bool
-	home, t, err := instanceFlags(e, "down", "[-f FILE | NAME] [--json]", args, func(fs *flag.FlagSet) {
+	home, t, err := instanceFlags(ctx, e, "down", "[-f FILE | NAME] [--json]", args, func(fs *flag.FlagSet) {
 		jsonOut = fs.Bool("json", false, "print events as JSON lines on stdout")
 	})
 	if err != nil {
@@ -85,7 +85,7 @@ func stopInstance(ctx context.Context, e *env, inst store.Instance, sink event.S
 
 func runReset(ctx context.Context, e *env, args []string) error {
 	var jsonOut *bool
-	home, t, err := instanceFlags(e, "reset", "[-f FILE | NAME] [--json]", args, func(fs *flag.FlagSet) {
+	home, t, err := instanceFlags(ctx, e, "reset", "[-f FILE | NAME] [--json]", args, func(fs *flag.FlagSet) {
 		jsonOut = fs.Bool("json", false, "print events as JSON lines on stdout")
 	})
 	if err != nil {

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"context"
 	"errors"
 	"flag"
 	"fmt"
@@ -24,7 +25,7 @@ type target struct {
 // resolve names the instance the way every instance verb does: an
 // argument (a bundle directory, or a stack or instance name), else the
 // stack file (-f, default ./emu.yaml).
-func resolve(home store.Home, file string, fileSet bool, args []string) (target, error) {
+func resolve(ctx context.Context, home store.Home, file string, fileSet bool, args []string) (target, error) {
 	if len(args) > 1 {
 		return target{}, usageError{fmt.Errorf("want at most one image or instance name, got %d: %s", len(args), strings.Join(args, " "))}
 	}
@@ -46,7 +47,7 @@ func resolve(home store.Home, file string, fileSet bool, args []string) (target,
 		}
 		return target{name: a, bundle: filepath.Join(home.Images(), a)}, nil
 	}
-	s, err := spec.Load(file)
+	s, err := loadStack(ctx, file)
 	if err != nil {
 		return target{}, err
 	}
@@ -66,7 +67,7 @@ func flagSet(fs *flag.FlagSet, name string) bool {
 
 // instanceFlags parses the flags of an instance verb that names its
 // instance with -f FILE or an argument; more adds the verb's own flags.
-func instanceFlags(e *env, verb, usage string, args []string, more func(*flag.FlagSet)) (store.Home, target, error) {
+func instanceFlags(ctx context.Context, e *env, verb, usage string, args []string, more func(*flag.FlagSet)) (store.Home, target, error) {
 	fs := newFlags(e, verb, usage)
 	file := fs.String("f", spec.DefaultFile, "the stack `file`")
 	if more != nil {
@@ -80,6 +81,28 @@ func instanceFlags(e *env, verb, usage string, args []string, more func(*flag.Fl
 	if err != nil {
 		return store.Home{}, target{}, err
 	}
-	t, err := resolve(home, *file, flagSet(fs, "f"), pos)
+	t, err := resolve(ctx, home, *file, flagSet(fs, "f"), pos)
 	return home, t, err
+}
+
+// loadStack loads the stack file at path, returning at once when ctx ends
+// (Ctrl-C, SIGTERM): the loader is bounded (spec.MaxFileSize and the shape
+// limits keep it under a second), but a signal is answered without waiting
+// for it.
+func loadStack(ctx context.Context, path string) (*spec.Stack, error) {
+	type result struct {
+		s   *spec.Stack
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		s, err := spec.Load(path)
+		done <- result{s, err}
+	}()
+	select {
+	case r := <-done:
+		return r.s, r.err
+	case <-ctx.Done():
+		return nil, fmt.Errorf("load stack file %s: interrupted: %w", path, ctx.Err())
+	}
 }

@@ -35,7 +35,7 @@ func runLogs(ctx context.Context, e *env, args []string) error {
 	if *name != "" {
 		inst = home.Instance(*name)
 	} else {
-		t, err := resolve(home, *file, flagSet(fs, "file"), nil)
+		t, err := resolve(ctx, home, *file, flagSet(fs, "file"), nil)
 		if err != nil {
 			return err
 		}

@@ -120,7 +120,7 @@ func runStatus(ctx context.Context, e *env, args []string) error {
 		}
 	}
 	if !all {
-		t, err := resolve(home, *file, flagSet(fs, "f"), pos)
+		t, err := resolve(ctx, home, *file, flagSet(fs, "f"), pos)
 		if err != nil {
 			return err
 		}

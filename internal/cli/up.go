@@ -33,7 +33,7 @@ func runUp(ctx context.Context, e *env, args []string) error {
 	var accelFlag *string
 	var timeout *time.Duration
 	var portFlags, envFlags listFlag
-	home, t, err := instanceFlags(e, "up", "[-f FILE | IMAGE | NAME] [flags]", args, func(fs *flag.FlagSet) {
+	home, t, err := instanceFlags(ctx, e, "up", "[-f FILE | IMAGE | NAME] [flags]", args, func(fs *flag.FlagSet) {
 		jsonOut = fs.Bool("json", false, "print events as JSON lines on stdout")
 		accelFlag = fs.String("accel", "", "accelerator: kvm, hvf or tcg (default: probe)")
 		timeout = fs.Duration("timeout", 0, "bound the wait for every service healthy (default 3m, scaled under tcg)")

@@ -34,7 +34,7 @@ func runVerify(ctx context.Context, e *env, args []string) error {
 	case len(pos) == 1:
 		dir = pos[0]
 	default:
-		stack, err := spec.Load(*file)
+		stack, err := loadStack(ctx, *file)
 		if err != nil {
 			return err
 		}

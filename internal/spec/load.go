@@ -61,8 +61,12 @@ func Load(path string) (*Stack, error) {
 	if path == "" {
 		path = DefaultFile
 	}
-	data, err := os.ReadFile(path)
+	data, err := readBounded(path)
 	if err != nil {
+		var se *Error
+		if errors.As(err, &se) {
+			return nil, se
+		}
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil, &Error{
 				Msg: fmt.Sprintf("stack file %s not found: run emu in the stack's directory or name the file with -f FILE", path),
@@ -76,6 +80,33 @@ func Load(path string) (*Stack, error) {
 		return nil, &Error{File: path, Msg: fmt.Sprintf("read stack file: %v", err), Err: err}
 	}
 	return Parse(data, path)
+}
+
+// readBounded reads the file at path, refusing one over MaxFileSize
+// before reading it whole.
+func readBounded(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	if fi, err := f.Stat(); err == nil && fi.Size() > MaxFileSize {
+		return nil, tooBig(path, fi.Size())
+	}
+	// A file that grows while read, or a pipe, is cut one byte past the
+	// limit: enough to tell.
+	data, err := io.ReadAll(io.LimitReader(f, MaxFileSize+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(data) > MaxFileSize {
+		return nil, tooBig(path, int64(len(data)))
+	}
+	return data, nil
+}
+
+func tooBig(path string, size int64) *Error {
+	return &Error{File: path, Msg: fmt.Sprintf("stack file is %d bytes: at most %d (1 MiB) are read; a stack file describes services, it does not hold data", size, MaxFileSize)}
 }
 
 // Parse decodes, defaults and validates a stack file's contents. path names
@@ -97,8 +128,14 @@ func Parse(data []byte, path string) (s *Stack, err error) {
 		}
 	}()
 
+	if len(data) > MaxFileSize {
+		return nil, tooBig(path, int64(len(data)))
+	}
 	root, err := decodeNode(data, path)
 	if err != nil {
+		return nil, err
+	}
+	if err := checkShape(root, path); err != nil {
 		return nil, err
 	}
 	lines := map[string]int{}

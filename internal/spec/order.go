@@ -1,8 +1,8 @@
 package spec
 
 import (
+	"container/heap"
 	"path/filepath"
-	"sort"
 )
 
 // ServiceNames returns the services' names, sorted.
@@ -27,26 +27,40 @@ func (s *Stack) StartOrder() []string {
 			next[dep] = append(next[dep], name)
 		}
 	}
-	var ready, order []string
+	ready := &names{}
 	for name, d := range indeg {
 		if d == 0 {
-			ready = append(ready, name)
+			heap.Push(ready, name)
 		}
 	}
-	for len(ready) > 0 {
-		sort.Strings(ready)
-		name := ready[0]
-		ready = ready[1:]
+	var order []string
+	for ready.Len() > 0 {
+		name := heap.Pop(ready).(string)
 		order = append(order, name)
 		delete(indeg, name)
 		for _, m := range next[name] {
 			indeg[m]--
 			if indeg[m] == 0 {
-				ready = append(ready, m)
+				heap.Push(ready, m)
 			}
 		}
 	}
 	return append(order, sortedKeys(indeg)...)
+}
+
+// names is a min-heap of service names: the next to start is the smallest
+// free one, in O(log n) rather than a sort per pick.
+type names []string
+
+func (h names) Len() int           { return len(h) }
+func (h names) Less(i, j int) bool { return h[i] < h[j] }
+func (h names) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *names) Push(x any)        { *h = append(*h, x.(string)) }
+func (h *names) Pop() any {
+	old := *h
+	x := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return x
 }
 
 // FilePath returns the absolute host path of f's source: Src as is when

@@ -3,10 +3,12 @@ package spec
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"reflect"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -427,4 +429,84 @@ func FuzzParse(f *testing.F) {
 			t.Errorf("Validate after Parse: %v", err)
 		}
 	})
+}
+
+// Hostile sizes end fast and small: a 22 MB stack file (400,000 services)
+// is refused before it is read, an alias bomb inside a valid field before
+// it is expanded. The bounds are generous; the figures are milliseconds.
+func TestHostileInputBounded(t *testing.T) {
+	dir := t.TempDir()
+	var big strings.Builder
+	big.WriteString("name: big\nservices:\n")
+	for i := range 400000 {
+		fmt.Fprintf(&big, "  s%d: {unit: s%d.service, health: {tcp: %d}}\n", i, i, 1000+i%60000)
+	}
+	bigPath := filepath.Join(dir, "big.yaml")
+	if err := os.WriteFile(bigPath, []byte(big.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	bomb, err := os.ReadFile("testdata/bad/alias-bomb.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		load func() error
+		want string
+	}{
+		{"22 MB file", func() error { _, err := Load(bigPath); return err }, "at most 1048576 (1 MiB)"},
+		{"22 MB in memory", func() error { _, err := Parse([]byte(big.String()), bigPath); return err }, "at most 1048576 (1 MiB)"},
+		{"alias bomb", func() error { _, err := Parse(bomb, "bomb.yaml"); return err }, "holds more than 1000000 values"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var before, after runtime.MemStats
+			runtime.GC()
+			runtime.ReadMemStats(&before)
+			start := time.Now()
+			err := tc.load()
+			took := time.Since(start)
+			runtime.ReadMemStats(&after)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("error = %v, want %q", err, tc.want)
+			}
+			alloc := after.TotalAlloc - before.TotalAlloc
+			t.Logf("refused in %s, %d KiB allocated", took, alloc>>10)
+			if took > 5*time.Second {
+				t.Errorf("took %s to refuse", took)
+			}
+			if alloc > 64<<20 {
+				t.Errorf("allocated %d MiB to refuse", alloc>>20)
+			}
+		})
+	}
+}
+
+// The largest stack the bounds allow loads in time linear in its size: 256
+// services of 256 env entries each (the YAML library compares a mapping's
+// keys pairwise, which the mapping bound caps).
+func TestLargestStackLoads(t *testing.T) {
+	var b strings.Builder
+	b.WriteString("name: wide\nservices:\n")
+	for i := range MaxMappingEntries {
+		fmt.Fprintf(&b, "  s%d: {unit: s%d.service, health: {tcp: %d}, env: {", i, i, 1000+i)
+		for j := range MaxMappingEntries {
+			if j > 0 {
+				b.WriteString(", ")
+			}
+			fmt.Fprintf(&b, "K%d: v", j)
+		}
+		b.WriteString("}}\n")
+	}
+	start := time.Now()
+	s, err := Parse([]byte(b.String()), "testdata/good/emu.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%d bytes, %d services: loaded in %s", b.Len(), len(s.Services), time.Since(start))
+	if took := time.Since(start); took > 30*time.Second {
+		t.Errorf("took %s", took)
+	}
+	if got := len(s.StartOrder()); got != MaxMappingEntries {
+		t.Errorf("StartOrder has %d services", got)
+	}
 }
