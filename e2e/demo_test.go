@@ -170,6 +170,11 @@ func lifecycle(ctx context.Context, t *testing.T, home, bundleDir string) {
 	if code := httpStatus(t, "POST", base+"/items", `{"name":"kept-across-restarts"}`); code != 201 {
 		t.Fatalf("POST /items = %d", code)
 	}
+	// emu run hands a host command the connect values with the instance's
+	// real port (here the one --port chose, not the stack file's).
+	if out, stderr, code := run(ctx, "run", bundleDir, "--", "sh", "-c", `echo "$API_URL"`); code != 0 || strings.TrimSpace(out) != base {
+		t.Errorf("emu run: exit %d, stdout %q, want %q:\n%s", code, out, base, stderr)
+	}
 	// A second up of the running instance reports it and starts nothing.
 	if _, stderr, code := run(ctx, "up", bundleDir, portFlag); code != 0 || !strings.Contains(stderr, "already running") {
 		t.Errorf("second up: exit %d:\n%s", code, stderr)

@@ -26,7 +26,11 @@ func InputHash(s *spec.Stack, agentBinary string) (string, error) {
 	h := sha256.New()
 	// v2: the disk is packed (disk.tar.zst); older bundles count as stale.
 	fmt.Fprintf(h, "emu-bundle-v2\n")
-	sj, err := json.Marshal(s)
+	// connect is how the host reaches the stack, not part of the image:
+	// changing it needs no new build.
+	bare := *s
+	bare.Connect = nil
+	sj, err := json.Marshal(&bare)
 	if err != nil {
 		return "", err
 	}
@@ -144,6 +148,7 @@ func describeStack(m *bundle.Manifest, s *spec.Stack) {
 	m.Name, m.Arch = s.Name, s.Base.Arch
 	m.Cmdline = guest.Cmdline(proto.Run)
 	m.VM = s.VM
+	m.Connect = s.Connect
 	m.Services = nil
 	for _, name := range s.StartOrder() {
 		svc := s.Services[name]

@@ -33,6 +33,9 @@ type Manifest struct {
 	Binaries []binopt.Report `json:"binaries,omitempty"`
 	// Images are the container images baked in, as the engine holds them.
 	Images []ImageRecord `json:"images,omitempty"`
+	// Connect are the stack file's connect templates when it was built;
+	// an up from the stack file uses the file's own.
+	Connect map[string]string `json:"connect,omitempty"`
 }
 
 // ImageRecord is one container image in the bundle.

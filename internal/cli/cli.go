@@ -53,6 +53,8 @@ func init() {
 		"logs":    {"show the console log, or a service's journal", runLogs},
 		"reset":   {"stop the instance and delete its data; the image is kept", runReset},
 		"doctor":  {"check the host for what emu needs", runDoctor},
+		"env":     {"print what a host program needs to reach the stack: connect values and ports", runEnv},
+		"run":     {"run a host command with the stack's connect values (starting the stack first)", runRun},
 		"schema":  {"print the stack file's JSON Schema", runSchema},
 		"version": {"print emu's version", runVersion},
 	}
@@ -125,6 +127,10 @@ func (e *env) render(err error) int {
 	}
 	if errors.Is(err, flag.ErrHelp) {
 		return ExitOK
+	}
+	var xe exitError
+	if errors.As(err, &xe) {
+		return xe.code
 	}
 	fmt.Fprintf(e.stderr, "emu: %v\n", err)
 	var d detailed

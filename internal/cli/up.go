@@ -96,7 +96,7 @@ func runUp(ctx context.Context, e *env, args []string) error {
 	start := time.Now()
 	info, err := instance.Up(ctx, instance.UpOptions{
 		Instance: inst, DiskCache: home.DiskCache(), Bundle: t.bundle, Manifest: man, Accel: choice, Ports: mports,
-		Env: env, Timeout: *timeout, Sink: view, Log: e.log,
+		Env: env, Connect: connectTemplates(t, man), Timeout: *timeout, Sink: view, Log: e.log,
 	})
 	view.Close()
 	if err != nil {
@@ -110,7 +110,20 @@ func runUp(ctx context.Context, e *env, args []string) error {
 		t.name, progress.Dur(time.Since(start)), progress.Dur(tm.Start), progress.Dur(tm.Hello), progress.Dur(tm.Services),
 		progress.Dur(time.Since(start)-tm.Ready), info.Accel, info.PID)
 	writeTable(e.stdout, info.Ports, view.Status().Services)
+	if len(info.Connect) > 0 {
+		fmt.Fprintln(e.stdout)
+		return writeEnv(e.stdout, info.Connect, "plain")
+	}
 	return nil
+}
+
+// connectTemplates are the stack file's connect templates when up runs
+// from it, else those recorded in the bundle.
+func connectTemplates(t target, man bundle.Manifest) map[string]string {
+	if t.stack != nil {
+		return t.stack.Connect
+	}
+	return man.Connect
 }
 
 // ensureBundle builds the stack when its bundle is missing or was built

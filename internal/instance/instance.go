@@ -27,6 +27,7 @@ import (
 	"github.com/emu-dev/emu/internal/proto"
 	"github.com/emu-dev/emu/internal/qemu"
 	"github.com/emu-dev/emu/internal/qmp"
+	"github.com/emu-dev/emu/internal/spec"
 	"github.com/emu-dev/emu/internal/store"
 )
 
@@ -38,8 +39,10 @@ type Info struct {
 	Accel        string          `json:"accel"`
 	TimeoutScale float64         `json:"timeout_scale"`
 	Ports        []proto.Forward `json:"ports,omitempty"`
-	Started      time.Time       `json:"started"`
-	PID          int             `json:"pid"`
+	// Connect are the stack's connect values for this start (its ports).
+	Connect map[string]string `json:"connect,omitempty"`
+	Started time.Time         `json:"started"`
+	PID     int               `json:"pid"`
 	// Timings of the start that wrote this file.
 	Timings machine.Timings `json:"timings"`
 }
@@ -149,10 +152,35 @@ type UpOptions struct {
 	Accel     accel.Choice
 	Ports     []proto.Forward
 	Env       map[string]string
-	Timeout   time.Duration
-	Sink      event.Sink
-	Log       *slog.Logger
-	QEMU      string
+	// Connect are the stack's connect templates, rendered into Info.
+	Connect map[string]string
+	Timeout time.Duration
+	Sink    event.Sink
+	Log     *slog.Logger
+	QEMU    string
+
+	connect map[string]string // Connect rendered
+}
+
+// RenderConnect renders connect templates for an instance named name with
+// ports forwarded.
+func RenderConnect(tmpls map[string]string, name string, ports []proto.Forward) (map[string]string, error) {
+	if len(tmpls) == 0 {
+		return nil, nil
+	}
+	v := spec.ConnectValues{Instance: name, Ports: map[string]int{}}
+	for _, p := range ports {
+		v.Ports[p.Key()] = p.Host
+	}
+	out := map[string]string{}
+	for k, t := range tmpls {
+		val, err := spec.ExpandConnect(t, v)
+		if err != nil {
+			return nil, fmt.Errorf("connect.%s: %w", k, err)
+		}
+		out[k] = val
+	}
+	return out, nil
 }
 
 // step is one named step of a start; undo, when set, reverses it if a
@@ -215,6 +243,11 @@ func Up(ctx context.Context, o UpOptions) (Info, error) {
 		// The overlay is the user's data: never undone, also when it was
 		// made by this start.
 		{name: "overlay", do: func(ctx context.Context) error { return ensureOverlay(ctx, o) }},
+		{name: "connect values", do: func(context.Context) error {
+			var err error
+			o.connect, err = RenderConnect(o.Connect, inst.Name, o.Ports)
+			return err
+		}},
 		{name: "runtime config", do: func(context.Context) error { return writeRuntime(inst, o) }},
 		{name: "console", do: func(context.Context) error {
 			// Keep the previous boot's console: the one to read after a
@@ -339,7 +372,7 @@ func startInstance(ctx context.Context, o UpOptions, sum string) (*machine.VM, e
 	}
 	info := Info{
 		Name: inst.Name, Bundle: o.Bundle, DiskSHA256: sum, Accel: string(o.Accel.Accel),
-		TimeoutScale: o.Accel.TimeoutScale, Ports: o.Ports, Started: time.Now().UTC(), PID: vm.Proc.Pid,
+		TimeoutScale: o.Accel.TimeoutScale, Ports: o.Ports, Connect: o.connect, Started: time.Now().UTC(), PID: vm.Proc.Pid,
 	}
 	if err := writePID(inst.PID(), vm.Proc.Pid); err != nil {
 		vm.Stop(context.WithoutCancel(ctx), 5*time.Second)

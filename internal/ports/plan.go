@@ -150,7 +150,7 @@ func Plan(services []Service, overrides []Override) ([]proto.Forward, error) {
 		for _, p := range svc.Ports {
 			f := proto.Forward{Service: svc.Name, Name: p.Name, Guest: p.Guest, Host: p.Host}
 			if f.Name == "" {
-				f.Name = strconv.Itoa(p.Guest)
+				f.Name = spec.PortName(p)
 			}
 			if f.Host == 0 {
 				f.Host = f.Guest

@@ -106,6 +106,12 @@ func (f Forward) String() string {
 	return f.Label() + " " + f.URL() + " -> guest " + strconv.Itoa(f.Guest)
 }
 
+// EnvName is the variable that holds the forward's host port, for the
+// guest's services and for host programs: EMU_PORT_<SERVICE>_<NAME>.
+func (f Forward) EnvName() string {
+	return "EMU_PORT_" + envKey.ReplaceAllString(strings.ToUpper(f.Service+"_"+f.Name), "_")
+}
+
 // Label names the forward for messages: "api (http)".
 func (f Forward) Label() string { return f.Service + " (" + f.Name + ")" }
 
@@ -170,8 +176,7 @@ func (rt Runtime) envLines(quote func(string) string) string {
 		lines = append(lines, "EMU_INSTANCE="+rt.Instance)
 	}
 	for _, p := range rt.Ports {
-		k := envKey.ReplaceAllString(strings.ToUpper(p.Service+"_"+p.Name), "_")
-		lines = append(lines, "EMU_PORT_"+k+"="+strconv.Itoa(p.Host))
+		lines = append(lines, p.EnvName()+"="+strconv.Itoa(p.Host))
 	}
 	keys := make([]string, 0, len(rt.Env))
 	for k := range rt.Env {

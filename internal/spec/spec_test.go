@@ -510,3 +510,43 @@ func TestLargestStackLoads(t *testing.T) {
 		t.Errorf("StartOrder has %d services", got)
 	}
 }
+
+// Every connect problem is reported at once, each with its line.
+func TestConnectErrors(t *testing.T) {
+	_, err := Load("testdata/bad/connect-unknown.yaml")
+	if err == nil {
+		t.Fatal("no error")
+	}
+	for _, want := range []string{
+		`:8: connect.API_URL: ${ports.api.grpc}: service api has no port "grpc" (it has: http)`,
+		`:9: connect.DB: ${ports.db.sql}: unknown service "db" (services: api)`,
+		`:10: connect.1BAD: "1BAD" is not a variable name`,
+		`:11: connect.OPEN: unclosed ${`,
+		`:12: connect.WHAT: unknown reference ${host}: want ${ports.SERVICE.NAME} or ${instance}`,
+	} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error lacks %q:\n%v", want, err)
+		}
+	}
+}
+
+func TestExpandConnect(t *testing.T) {
+	v := ConnectValues{Instance: "demo", Ports: map[string]int{"postgres.sql": 26702, "api.8080": 26701}}
+	for _, tc := range []struct{ tmpl, want, err string }{
+		{"postgres://demo@127.0.0.1:${ports.postgres.sql}/demo", "postgres://demo@127.0.0.1:26702/demo", ""},
+		{"http://127.0.0.1:${ports.api.8080}/${instance}", "http://127.0.0.1:26701/demo", ""},
+		{"cost: $$5, $HOME stays", "cost: $5, $HOME stays", ""},
+		{"${ports.api.http}", "", "${ports.api.http} has no value"},
+	} {
+		got, err := ExpandConnect(tc.tmpl, v)
+		if tc.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Errorf("ExpandConnect(%q) = %q, %v; want error %q", tc.tmpl, got, err, tc.err)
+			}
+			continue
+		}
+		if err != nil || got != tc.want {
+			t.Errorf("ExpandConnect(%q) = %q, %v; want %q", tc.tmpl, got, err, tc.want)
+		}
+	}
+}

@@ -15,6 +15,10 @@ type Stack struct {
 	Services map[string]Service `yaml:"services" json:"services,omitempty"`
 	Bake     []Step             `yaml:"bake" json:"bake,omitempty"`
 	Slim     Slim               `yaml:"slim" json:"slim"`
+	// Connect are the values a program on the host needs to reach the
+	// stack, by variable name: templates over the instance's actual host
+	// ports (`${ports.SERVICE.NAME}`) and name (`${instance}`).
+	Connect map[string]string `yaml:"connect" json:"connect,omitempty"`
 
 	// Path is the stack file's absolute path; Dir its directory, against
 	// which relative file sources resolve. Set by Load.

@@ -73,6 +73,7 @@ func (s *Stack) validate(file string, lines map[string]int) error {
 	s.checkServices(c)
 	s.checkBake(c)
 	s.checkSlim(c)
+	s.checkConnect(c)
 	return errors.Join(c.errs...)
 }
 
