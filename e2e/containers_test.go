@@ -144,7 +144,9 @@ func TestContainersBuildAndRun(t *testing.T) {
 	down()
 	// -e reaches the container (through the runtime env file): it turns
 	// on the API's POST /exit.
-	up("-e", "ALLOW_EXIT=1")
+	// NO_SIGNAL_HANDLER makes the API a program without a SIGTERM
+	// handler: the final down shows it stops at once all the same.
+	up("-e", "ALLOW_EXIT=1", "-e", "NO_SIGNAL_HANDLER=1")
 	if body := httpBody(t, base+"/items"); !strings.Contains(body, "kept-in-the-overlay") {
 		t.Errorf("item lost across down/up: %s", body)
 	}
@@ -172,7 +174,16 @@ func TestContainersBuildAndRun(t *testing.T) {
 	if code := follow.stop(t); code != 0 {
 		t.Errorf("emu logs -f api exited %d after Ctrl-C: %s", code, follow.stderr.String())
 	}
+	// Without an init passing SIGTERM on, the handler-less API as its
+	// container's PID 1 would outlive SIGTERM, and its unit's stop would
+	// wait out TimeoutStopSec (30 s) before the kill.
+	start := time.Now()
 	down()
+	took := time.Since(start)
+	t.Logf("down of a container without a SIGTERM handler took %s", took.Round(time.Millisecond))
+	if took >= 30*time.Second {
+		t.Errorf("down took %s: the container's stop ran into its 30 s timeout", took)
+	}
 }
 
 // following is an emu command running until stop, its output readable as

@@ -43,7 +43,12 @@ func ContainerName(name string) string { return "emu-" + name }
 func containerUnit(s *spec.Stack, name string, svc spec.Service, id string) (unit, env string) {
 	var b strings.Builder
 	unitHead(&b, s, name, "container", svc)
-	args := []string{Podman, "run", "--name=" + ContainerName(name), "--replace", "--rm",
+	// --init: catatonit is the container's PID 1 and passes signals on. A
+	// program that installs no SIGTERM handler then dies of it as it
+	// would outside a container, instead of being PID 1, which the
+	// kernel shields from signals it has no handler for: its stop would
+	// wait out TimeoutStopSec.
+	args := []string{Podman, "run", "--name=" + ContainerName(name), "--replace", "--rm", "--init",
 		"--pull=never", "--network=host", "--cgroups=split", "--log-driver=passthrough",
 		"--env-file=" + ContainerEnvDir + "/" + name + ".env", "--env-file=" + proto.ContainerEnvFile}
 	args = append(args, volumeArgs(svc.Volumes)...)

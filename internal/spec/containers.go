@@ -9,8 +9,9 @@ import (
 )
 
 // EnginePackages are added to the base of a stack that uses containers.
-// Podman: no daemon to start at boot (measured in bench/engines).
-var EnginePackages = []string{"podman"}
+// Podman: no daemon to start at boot (measured in bench/engines);
+// catatonit is the containers' PID 1 (podman run --init).
+var EnginePackages = []string{"podman", "catatonit"}
 
 // EngineSlim is removed after the bake of a stack that uses containers:
 // what podman's packages bring that a rootful engine on the guest's network
