@@ -2,10 +2,12 @@ package agent
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"sync"
 	"time"
@@ -30,8 +32,12 @@ type Options struct {
 	// Roots to trim after the bake; default "/".
 	TrimPaths []string
 	// Setup runs before the services start: the runtime config and the
-	// network (SetupRuntime). nil skips it.
-	Setup func(ctx context.Context) error
+	// network (SetupRuntime). nil skips it. The forwards it returns are
+	// made reachable once the services are healthy (relayPorts).
+	Setup func(ctx context.Context) (proto.Runtime, error)
+	// RelayAddr is where the host's forwards arrive: GuestAddr by default;
+	// tests use another loopback address.
+	RelayAddr string
 	// Engine is the container engine; nil when the guest has none.
 	Engine Engine
 	// SysBlock is sysfs's block directory (default /sys/block), where
@@ -59,6 +65,9 @@ type Agent struct {
 	// closed is set when out is closed: the request reader and the service
 	// goroutines can outlive Start, and what they emit then is dropped.
 	closed bool
+	// relays are the loopback relays' listeners (relayPorts).
+	relays       []net.Listener
+	relaysClosed bool
 }
 
 // outBuffer bounds the events queued for the host; when the host is not
@@ -230,7 +239,7 @@ func (a *Agent) provision(ctx context.Context, reqs <-chan proto.Request) error 
 	if a.opts.Setup != nil {
 		// No runtime config at build time: this writes the (empty) env
 		// files the service units read.
-		if err := a.opts.Setup(ctx); err != nil {
+		if _, err := a.opts.Setup(ctx); err != nil {
 			return a.fail("setup", err)
 		}
 	}
@@ -305,9 +314,12 @@ func routeAcks(ctx context.Context, reqs <-chan proto.Request, a *Agent) <-chan 
 func (a *Agent) serve(ctx context.Context, reqs <-chan proto.Request) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	defer a.closeRelays()
 	go func() {
+		var rt proto.Runtime
 		if a.opts.Setup != nil {
-			if err := a.opts.Setup(ctx); err != nil {
+			var err error
+			if rt, err = a.opts.Setup(ctx); err != nil {
 				a.emit(event.New(event.Log, "", "runtime setup: "+err.Error()))
 			}
 		}
@@ -316,6 +328,9 @@ func (a *Agent) serve(ctx context.Context, reqs <-chan proto.Request) error {
 				a.fail(failedName(err), err)
 			}
 			return
+		}
+		if len(rt.Ports) > 0 {
+			a.relayPorts(ctx, cmp.Or(a.opts.RelayAddr, GuestAddr), rt.Ports)
 		}
 		a.emit(event.New(event.Ready, "", "all services healthy"))
 		a.watch(ctx)

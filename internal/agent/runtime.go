@@ -69,10 +69,10 @@ func waitLink(ctx context.Context, name string, d time.Duration) error {
 
 // SetupRuntime reads the runtime config, writes the services' env file,
 // and brings up the network when the host forwards ports.
-func SetupRuntime(ctx context.Context) error {
+func SetupRuntime(ctx context.Context) (proto.Runtime, error) {
 	rt, err := ReadRuntime(ctx, "/sys")
 	if err != nil {
-		return err
+		return rt, err
 	}
 	var errs []error
 	if err := WriteEnv(rt, proto.EnvFile, proto.ContainerEnvFile); err != nil {
@@ -83,5 +83,5 @@ func SetupRuntime(ctx context.Context) error {
 			errs = append(errs, err)
 		}
 	}
-	return errors.Join(errs...)
+	return rt, errors.Join(errs...)
 }
