@@ -4,6 +4,7 @@
 package e2e
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -24,6 +25,7 @@ import (
 	"github.com/emu-dev/emu/internal/event"
 	"github.com/emu-dev/emu/internal/store"
 	"github.com/emu-dev/emu/internal/vmtest"
+	"github.com/jackc/pgx/v5"
 )
 
 func TestDemoBuildAndVerify(t *testing.T) {
@@ -143,11 +145,17 @@ func lifecycle(ctx context.Context, t *testing.T, home, bundleDir string) {
 		}
 	})
 	port := freePort(t)
-	portFlag := "--port=api.http=" + strconv.Itoa(port)
+	// The databases too: their forwards reach Debian's stock configs,
+	// which listen on the guest's loopback only (the agent relays them).
+	portFlags := []string{"--port=api.http=" + strconv.Itoa(port),
+		"--port=postgres.sql=" + strconv.Itoa(freePort(t)), "--port=valkey.resp=" + strconv.Itoa(freePort(t))}
+	upArgs := func(extra ...string) []string {
+		return append(append([]string{"up", bundleDir}, portFlags...), extra...)
+	}
 	base := "http://127.0.0.1:" + strconv.Itoa(port)
 	up := func(t *testing.T, extra ...string) {
 		t.Helper()
-		_, stderr, code := run(ctx, append([]string{"up", bundleDir, portFlag}, extra...)...)
+		_, stderr, code := run(ctx, upArgs(extra...)...)
 		if code != 0 {
 			t.Fatalf("emu up exited %d:\n%s", code, stderr)
 		}
@@ -175,8 +183,11 @@ func lifecycle(ctx context.Context, t *testing.T, home, bundleDir string) {
 	if out, stderr, code := run(ctx, "run", bundleDir, "--", "sh", "-c", `echo "$API_URL"`); code != 0 || strings.TrimSpace(out) != base {
 		t.Errorf("emu run: exit %d, stdout %q, want %q:\n%s", code, out, base, stderr)
 	}
+	// Real clients on the host reach the databases through their
+	// forwards, with the URLs emu env gives.
+	databases(ctx, t, bundleDir)
 	// A second up of the running instance reports it and starts nothing.
-	if _, stderr, code := run(ctx, "up", bundleDir, portFlag); code != 0 || !strings.Contains(stderr, "already running") {
+	if _, stderr, code := run(ctx, upArgs()...); code != 0 || !strings.Contains(stderr, "already running") {
 		t.Errorf("second up: exit %d:\n%s", code, stderr)
 	}
 	if n := len(qemuPids(mark)); n != 1 {
@@ -218,7 +229,7 @@ func lifecycle(ctx context.Context, t *testing.T, home, bundleDir string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, stderr, code := run(ctx, "up", bundleDir, portFlag)
+	_, stderr, code := run(ctx, upArgs()...)
 	ln.Close()
 	if code == 0 || !strings.Contains(stderr, "api (http)") || !strings.Contains(stderr, "in use") {
 		t.Errorf("up with the port taken: exit %d:\n%s", code, stderr)
@@ -228,7 +239,7 @@ func lifecycle(ctx context.Context, t *testing.T, home, bundleDir string) {
 	}
 
 	// A service that never becomes healthy: named, with its last probe.
-	_, stderr, code = run(ctx, "up", bundleDir, portFlag, "-e", "VALKEY_ADDR=127.0.0.1:1")
+	_, stderr, code = run(ctx, upArgs("-e", "VALKEY_ADDR=127.0.0.1:1")...)
 	if code == 0 || !strings.Contains(stderr, "service api") || !strings.Contains(stderr, "503") {
 		t.Errorf("up with an unhealthy api: exit %d:\n%s", code, stderr)
 	}
@@ -248,6 +259,41 @@ func lifecycle(ctx context.Context, t *testing.T, home, bundleDir string) {
 		t.Errorf("after reset want only the seed rows: %s", body)
 	}
 	down(t)
+}
+
+// databases connects a real PostgreSQL client (pgx) and a RESP client from
+// the host through the forwarded ports, at the addresses emu env prints.
+func databases(ctx context.Context, t *testing.T, bundleDir string) {
+	t.Helper()
+	out, stderr, code := run(ctx, "env", "--json", bundleDir)
+	var env map[string]string
+	if code != 0 || json.Unmarshal([]byte(out), &env) != nil {
+		t.Fatalf("emu env --json: exit %d: %s%s", code, out, stderr)
+	}
+	qctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	conn, err := pgx.Connect(qctx, env["DATABASE_URL"])
+	if err != nil {
+		t.Fatalf("pgx connect %s: %v", env["DATABASE_URL"], err)
+	}
+	defer conn.Close(context.Background())
+	var n int
+	if err := conn.QueryRow(qctx, "SELECT count(*) FROM items").Scan(&n); err != nil || n == 0 {
+		t.Errorf("SELECT count(*) FROM items through the forward: %d, %v", n, err)
+	}
+	c, err := net.DialTimeout("tcp", env["VALKEY_ADDR"], 10*time.Second)
+	if err != nil {
+		t.Fatalf("dial valkey %s: %v", env["VALKEY_ADDR"], err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c.Write([]byte("*1\r\n$4\r\nPING\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	reply, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil || reply != "+PONG\r\n" {
+		t.Errorf("PING through the forward: %q, %v", reply, err)
+	}
 }
 
 func freePort(t *testing.T) int {
