@@ -68,6 +68,10 @@ type Agent struct {
 	// relays are the loopback relays' listeners (relayPorts).
 	relays       []net.Listener
 	relaysClosed bool
+	// execs are the commands the host runs (emu exec), by ID; room is
+	// poked each time the writer takes an event (emitWait).
+	execs map[string]*execRun
+	room  chan struct{}
 }
 
 // outBuffer bounds the events queued for the host; when the host is not
@@ -95,6 +99,8 @@ func Start(ctx context.Context, opts Options) error {
 		out:     make(chan event.Event, outBuffer),
 		flushed: make(chan struct{}),
 		replay:  map[string]event.Event{},
+		execs:   map[string]*execRun{},
+		room:    make(chan struct{}, 1),
 	}
 	go a.writeLoop()
 	reqs := make(chan proto.Request)
@@ -164,6 +170,10 @@ func (a *Agent) writeLoop() {
 	w := bufio.NewWriter(a.opts.Conn)
 	enc := event.NewEncoder(w)
 	for e := range a.out {
+		select {
+		case a.room <- struct{}{}:
+		default:
+		}
 		if err := enc.Encode(e); err != nil {
 			continue
 		}
@@ -347,6 +357,14 @@ func (a *Agent) serve(ctx context.Context, reqs <-chan proto.Request) error {
 			a.replayStatus()
 		case proto.OpLogs:
 			a.sendJournal(ctx, req)
+		case proto.OpExec:
+			a.startExec(ctx, req)
+		case proto.OpInput:
+			a.execInput(req)
+		case proto.OpResize:
+			a.execResize(req)
+		case proto.OpSignal:
+			a.execSignal(req)
 		case proto.OpShutdown:
 			cancel()
 			a.stopServices(context.Background())

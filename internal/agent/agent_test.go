@@ -309,6 +309,8 @@ func newAgent(opts Options) *Agent {
 		out:     make(chan event.Event, outBuffer),
 		flushed: make(chan struct{}),
 		replay:  map[string]event.Event{},
+		execs:   map[string]*execRun{},
+		room:    make(chan struct{}, 1),
 	}
 }
 

@@ -5,6 +5,7 @@ package agent
 import (
 	"context"
 	"errors"
+	"os"
 )
 
 // The agent runs in a Linux guest. The host tools import this package for
@@ -19,3 +20,8 @@ func ConfigureNetwork(ctx context.Context, ifname string) error {
 
 // PowerOff needs Linux's reboot syscall or systemd.
 func PowerOff() error { return errNotLinux }
+
+// openPTY needs Linux's /dev/ptmx.
+func openPTY() (tty, pts *os.File, err error) { return nil, nil, errNotLinux }
+
+func setWinsize(tty *os.File, rows, cols uint16) {}

@@ -40,6 +40,11 @@ const (
 	// Log is free text worth keeping (a notice, a warning).
 	Log Kind = "log"
 
+	// ExecOutput carries a run's output (Data; the field "stream" says
+	// stdout or stderr), ExecExit its end (Code); Name is the run's ID.
+	ExecOutput Kind = "exec.output"
+	ExecExit   Kind = "exec.exit"
+
 	// Done and Failed end a stream; every stream ends with exactly one.
 	Done   Kind = "done"
 	Failed Kind = "failed"

@@ -224,6 +224,8 @@ const (
 	FieldKind = "kind"
 	// FieldSources on the load stage.done: how many image sources were loaded.
 	FieldSources = "sources"
+	// FieldStream on exec.output: "stdout" or "stderr".
+	FieldStream = "stream"
 	// FieldCached on stage.done: "true" when the stage's output came from a cache.
 	FieldCached = "cached"
 )

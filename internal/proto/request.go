@@ -26,6 +26,16 @@ const (
 	// the guest down with it (a kernel crash in the step's first
 	// millisecond otherwise loses the event in flight).
 	OpAck Op = "ack"
+	// OpExec runs Argv in the guest (in a container service's container
+	// with Service), with a terminal when TTY; ID names the run in the
+	// exec.output and exec.exit events it answers with.
+	OpExec Op = "exec"
+	// OpInput feeds Data to run ID's stdin; EOF closes it.
+	OpInput Op = "input"
+	// OpResize sets run ID's terminal to Rows x Cols.
+	OpResize Op = "resize"
+	// OpSignal sends Signal to run ID's process group.
+	OpSignal Op = "signal"
 )
 
 // MaxJournalLines bounds one OpLogs answer.
@@ -41,6 +51,7 @@ type Request struct {
 	Services []string `json:"services,omitempty"`
 	// Service and Lines select a journal (OpLogs): its last Lines lines,
 	// or with Cursor every line after it (Lines 0: up to MaxJournalLines).
+	// Service is also the container service an OpExec runs in.
 	Service string `json:"service,omitempty"`
 	Lines   int    `json:"lines,omitempty"`
 	Cursor  string `json:"cursor,omitempty"`
@@ -64,6 +75,16 @@ type Request struct {
 	// AckSteps makes the agent wait for an OpAck of each step's start
 	// before running it (OpProvision).
 	AckSteps bool `json:"ack_steps,omitempty"`
+	// Argv, Env, TTY, Rows and Cols start a run (OpExec); Data and EOF
+	// feed it (OpInput); Signal signals it (OpSignal).
+	Argv   []string          `json:"argv,omitempty"`
+	Env    map[string]string `json:"env,omitempty"`
+	TTY    bool              `json:"tty,omitempty"`
+	Rows   uint16            `json:"rows,omitempty"`
+	Cols   uint16            `json:"cols,omitempty"`
+	Data   []byte            `json:"data,omitempty"`
+	EOF    bool              `json:"eof,omitempty"`
+	Signal int               `json:"signal,omitempty"`
 }
 
 // Image is one image source the host attached as a read-only disk.
