@@ -55,6 +55,8 @@ func init() {
 		"doctor":  {"check the host for what emu needs", runDoctor},
 		"env":     {"print what a host program needs to reach the stack: connect values and ports", runEnv},
 		"run":     {"run a host command with the stack's connect values (starting the stack first)", runRun},
+		"exec":    {"run a command in the running guest (or a container service's container)", runExec},
+		"shell":   {"a shell in the running guest: emu exec of bash, or sh", runShell},
 		"schema":  {"print the stack file's JSON Schema", runSchema},
 		"version": {"print emu's version", runVersion},
 	}

@@ -94,6 +94,16 @@ func TestVMInstanceLifecycle(t *testing.T) {
 	if s, err := instance.QEMUStatus(ctx, inst.QMP()); err != nil || s != "running" {
 		t.Errorf("QEMUStatus = %q, %v", s, err)
 	}
+	// emu exec: a command in the guest, its stdin, output and exit code,
+	// through the agent's channel (no sshd in the image).
+	var out, errb strings.Builder
+	code, err := machine.Exec(ctx, inst.Agent(), machine.ExecOptions{
+		Argv:  []string{"/bin/sh", "-c", `cat /root/marker; read x; echo "stdin:$x" >&2; exit 5`},
+		Stdin: strings.NewReader("from the host\n"), Stdout: &out, Stderr: &errb,
+	})
+	if err != nil || code != 5 || out.String() != "baked\n" || errb.String() != "stdin:from the host\n" {
+		t.Errorf("Exec in the guest = %d, %v; stdout %q, stderr %q", code, err, out.String(), errb.String())
+	}
 	var said []string
 	if err := instance.Stop(ctx, inst, nil, event.SinkFunc(func(e event.Event) { said = append(said, e.Msg) })); err != nil {
 		t.Fatalf("Stop: %v (%v)", err, said)

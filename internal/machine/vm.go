@@ -61,8 +61,9 @@ type VM struct {
 	// StreamErr is why Events closed, once it has.
 	streamErr error
 
-	conn net.Conn
-	mu   sync.Mutex
+	conn   net.Conn
+	mu     sync.Mutex
+	sendMu sync.Mutex
 }
 
 // Start boots the guest and connects to its agent channel. The channel is
@@ -228,12 +229,15 @@ func (vm *VM) ExitErr() error {
 // Console is the serial console's log file.
 func (vm *VM) Console() string { return vm.SerialPath }
 
-// Send writes one request to the agent.
+// Send writes one request to the agent. It is safe for concurrent use:
+// each request is one whole line.
 func (vm *VM) Send(r proto.Request) error {
 	b, err := proto.EncodeRequest(r)
 	if err != nil {
 		return err
 	}
+	vm.sendMu.Lock()
+	defer vm.sendMu.Unlock()
 	vm.conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
 	if _, err := vm.conn.Write(b); err != nil {
 		return fmt.Errorf("send %s request to the agent: %w", r.Op, err)
