@@ -137,6 +137,10 @@ func TestContainersBuildAndRun(t *testing.T) {
 		t.Fatalf("POST /items = %d", code)
 	}
 	starts := startCount(t, base)
+	// emu exec --service runs a command in the service's container.
+	if out, stderr, code := run(ctx, "exec", dir, "--service", "api", "--", "/usr/local/bin/demo-api", "version"); code != 0 || strings.TrimSpace(out) == "" {
+		t.Errorf("emu exec --service api: exit %d, stdout %q:\n%s", code, out, stderr)
+	}
 	// The container's output is the unit's journal.
 	if logs, stderr, code := run(ctx, "logs", "--file", stack, "api"); code != 0 || !strings.Contains(logs, "listening") {
 		t.Errorf("emu logs api: exit %d: %s%s", code, logs, stderr)
