@@ -3,8 +3,10 @@ package machine
 import (
 	"cmp"
 	"context"
+	"encoding/json"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"time"
@@ -14,7 +16,9 @@ import (
 	"github.com/emu-dev/emu/internal/command"
 	"github.com/emu-dev/emu/internal/disk"
 	"github.com/emu-dev/emu/internal/event"
+	"github.com/emu-dev/emu/internal/proto"
 	"github.com/emu-dev/emu/internal/qemu"
+	"github.com/emu-dev/emu/internal/spec"
 	"github.com/emu-dev/emu/internal/store"
 )
 
@@ -95,13 +99,27 @@ func Verify(ctx context.Context, opts VerifyOptions) (Timings, error) {
 	} else if err := os.MkdirAll(logDir, 0o755); err != nil {
 		return t, err
 	}
+	// The check forwards every service port, each to a free host port,
+	// and proves them from the host as emu up does.
+	fwds, err := freeForwards(man)
+	if err != nil {
+		return t, err
+	}
+	runtime := filepath.Join(work, "runtime.json")
+	rb, err := json.Marshal(proto.Runtime{Instance: man.Name, Ports: fwds})
+	if err != nil {
+		return t, err
+	}
+	if err := os.WriteFile(runtime, rb, 0o600); err != nil {
+		return t, fmt.Errorf("write runtime config: %w", err)
+	}
 	start := time.Now()
 	emit(event.New(event.StageStart, "boot", man.Name))
 	serial := filepath.Join(logDir, store.SerialLog)
 	sess := &Session{
 		Op: "verify",
 		Boot: func(ctx context.Context) (Guest, error) {
-			return Start(ctx, verifyConfig(opts, man, overlay, logDir))
+			return Start(ctx, verifyConfig(opts, man, overlay, logDir, fwds, runtime))
 		},
 		Retry:        func() { _ = os.Rename(serial, serial+".1") },
 		Until:        event.Ready,
@@ -114,6 +132,11 @@ func Verify(ctx context.Context, opts VerifyOptions) (Timings, error) {
 		if ge := AsGuestError(err); ge != nil && opts.LogDir != "" {
 			ge.Logs = []string{serial}
 		}
+		emit(event.New(event.Failed, failedService(err), err.Error()))
+		return t, err
+	}
+	if err := CheckReachable(ctx, "verify", man, fwds); err != nil {
+		sess.Abort(ctx)
 		emit(event.New(event.Failed, failedService(err), err.Error()))
 		return t, err
 	}
@@ -133,8 +156,13 @@ func Verify(ctx context.Context, opts VerifyOptions) (Timings, error) {
 
 // verifyConfig is the boot check's guest: the bundle's kernel and run-mode
 // command line, on a throwaway overlay.
-func verifyConfig(opts VerifyOptions, man bundle.Manifest, overlay, logDir string) Config {
+func verifyConfig(opts VerifyOptions, man bundle.Manifest, overlay, logDir string, fwds []proto.Forward, runtime string) Config {
+	var fwcfg []qemu.FWCfgFile
+	if len(fwds) > 0 {
+		fwcfg = []qemu.FWCfgFile{{Name: proto.RuntimeFWCfg, Path: runtime}}
+	}
 	return Config{
+		Forwards: fwds, FWCfg: fwcfg,
 		Name: cmp.Or(opts.Name, "emu-verify-"+man.Name), Arch: man.Arch, VM: man.VM, Accel: opts.Accel,
 		Kernel:  filepath.Join(opts.Bundle, store.BundleKernel),
 		Initrd:  filepath.Join(opts.Bundle, store.BundleInitrd),
@@ -144,6 +172,25 @@ func verifyConfig(opts VerifyOptions, man bundle.Manifest, overlay, logDir strin
 		Output:  filepath.Join(logDir, store.QEMULog),
 		QEMU:    opts.QEMU, Log: opts.Log,
 	}
+}
+
+// freeForwards forwards every port of man's services to a free host port:
+// the boot check must not need the ports an instance uses, which may be
+// taken (by that instance, running).
+func freeForwards(man bundle.Manifest) ([]proto.Forward, error) {
+	var fwds []proto.Forward
+	for _, s := range man.Services {
+		for _, p := range s.Ports {
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				return nil, fmt.Errorf("find a free host port for %s: %w", s.Name, err)
+			}
+			port := ln.Addr().(*net.TCPAddr).Port
+			ln.Close()
+			fwds = append(fwds, proto.Forward{Service: s.Name, Name: spec.PortName(p), Guest: p.Guest, Host: port})
+		}
+	}
+	return fwds, nil
 }
 
 // failedService names the service a guest failure is about, if any.

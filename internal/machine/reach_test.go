@@ -1,4 +1,4 @@
-package instance
+package machine
 
 import (
 	"context"
@@ -11,7 +11,6 @@ import (
 	"testing"
 
 	"github.com/emu-dev/emu/internal/bundle"
-	"github.com/emu-dev/emu/internal/machine"
 	"github.com/emu-dev/emu/internal/proto"
 	"github.com/emu-dev/emu/internal/spec"
 )
@@ -88,12 +87,12 @@ func TestCheckReachable(t *testing.T) {
 		{Service: "api", Name: "http", Guest: 8080, Host: httpPort},
 		{Service: "db", Name: "sql", Guest: 5432, Host: quietListener(t)},
 	}
-	if err := checkReachable(context.Background(), man, good); err != nil {
+	if err := CheckReachable(context.Background(), "up", man, good); err != nil {
 		t.Errorf("reachable forwards: %v", err)
 	}
 	closed := closingListener(t)
-	err := checkReachable(context.Background(), man, append(good, proto.Forward{Service: "cache", Name: "resp", Guest: 6379, Host: closed}))
-	ge := machine.AsGuestError(err)
+	err := CheckReachable(context.Background(), "up", man, append(good, proto.Forward{Service: "cache", Name: "resp", Guest: 6379, Host: closed}))
+	ge := AsGuestError(err)
 	if ge == nil || ge.Service != "cache" || ge.Hint == "" {
 		t.Fatalf("error = %v, want a guest error naming cache with a hint", err)
 	}
@@ -105,7 +104,7 @@ func TestCheckReachable(t *testing.T) {
 	}
 	// An http health check's port gets the same request through the host.
 	man.Services[0].Health.HTTP.Path = "/nope"
-	if err := checkReachable(context.Background(), man, good[:1]); err == nil || !strings.Contains(err.Error(), "status 404, want 200") {
+	if err := CheckReachable(context.Background(), "up", man, good[:1]); err == nil || !strings.Contains(err.Error(), "status 404, want 200") {
 		t.Errorf("http port answering 404: %v", err)
 	}
 }

@@ -1,4 +1,4 @@
-package instance
+package machine
 
 import (
 	"context"
@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/emu-dev/emu/internal/bundle"
-	"github.com/emu-dev/emu/internal/machine"
 	"github.com/emu-dev/emu/internal/proto"
 )
 
@@ -24,14 +23,15 @@ const (
 	reachGap   = 300 * time.Millisecond
 )
 
-// checkReachable proves each forward answers from the host, as a client
+// CheckReachable proves each forward answers from the host, as a client
 // of the developer's would reach it: a service healthy inside the guest
 // but listening where the forward does not arrive is not ready. A port a
 // service's http health check uses gets the same request through the
 // host port; any other port a TCP connection that QEMU's forward does
 // not close at once (it accepts on the host, then closes when nothing
 // answers in the guest).
-func checkReachable(ctx context.Context, man bundle.Manifest, ports []proto.Forward) error {
+// op names the check in its errors ("up", "verify").
+func CheckReachable(ctx context.Context, op string, man bundle.Manifest, ports []proto.Forward) error {
 	var errs []error
 	for _, f := range ports {
 		var err error
@@ -47,7 +47,7 @@ func checkReachable(ctx context.Context, man bundle.Manifest, ports []proto.Forw
 			t.Stop()
 		}
 		if err != nil {
-			errs = append(errs, &machine.GuestError{Op: "up", Service: f.Service,
+			errs = append(errs, &GuestError{Op: op, Service: f.Service,
 				Err: fmt.Errorf("port %s (%s -> guest port %d) does not answer from the host: %w", f.Name, f.URL(), f.Guest, err),
 				Hint: "the service is healthy inside the guest but not where the forward arrives: the agent's notes above say " +
 					"what listens on the guest port (it relays a service on 127.0.0.1 or ::1 by itself)"})
