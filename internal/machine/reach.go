@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/emu-dev/emu/internal/bundle"
@@ -21,6 +22,10 @@ import (
 const (
 	reachTries = 5
 	reachGap   = 300 * time.Millisecond
+	// quietFor: a connection still open this long after it was accepted
+	// reached a listener (QEMU closes one the guest refused within
+	// milliseconds).
+	quietFor = 250 * time.Millisecond
 )
 
 // CheckReachable proves each forward answers from the host, as a client
@@ -32,27 +37,35 @@ const (
 // answers in the guest).
 // op names the check in its errors ("up", "verify").
 func CheckReachable(ctx context.Context, op string, man bundle.Manifest, ports []proto.Forward) error {
-	var errs []error
-	for _, f := range ports {
-		var err error
-		for try := 0; try < reachTries; try++ {
-			if err = probeForward(ctx, man, f); err == nil || ctx.Err() != nil {
-				break
+	// In parallel: a quiet port costs its read deadline, and a stack has
+	// several.
+	errs := make([]error, len(ports))
+	var wg sync.WaitGroup
+	for i, f := range ports {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var err error
+			for try := 0; try < reachTries; try++ {
+				if err = probeForward(ctx, man, f); err == nil || ctx.Err() != nil {
+					break
+				}
+				t := time.NewTimer(reachGap)
+				select {
+				case <-ctx.Done():
+				case <-t.C:
+				}
+				t.Stop()
 			}
-			t := time.NewTimer(reachGap)
-			select {
-			case <-ctx.Done():
-			case <-t.C:
+			if err != nil {
+				errs[i] = &GuestError{Op: op, Service: f.Service,
+					Err: fmt.Errorf("port %s (%s -> guest port %d) does not answer from the host: %w", f.Name, f.URL(), f.Guest, err),
+					Hint: "the service is healthy inside the guest but not where the forward arrives: the agent's notes above say " +
+						"what listens on the guest port (it relays a service on 127.0.0.1 or ::1 by itself)"}
 			}
-			t.Stop()
-		}
-		if err != nil {
-			errs = append(errs, &GuestError{Op: op, Service: f.Service,
-				Err: fmt.Errorf("port %s (%s -> guest port %d) does not answer from the host: %w", f.Name, f.URL(), f.Guest, err),
-				Hint: "the service is healthy inside the guest but not where the forward arrives: the agent's notes above say " +
-					"what listens on the guest port (it relays a service on 127.0.0.1 or ::1 by itself)"})
-		}
+		}()
 	}
+	wg.Wait()
 	return errors.Join(errs...)
 }
 
@@ -73,7 +86,7 @@ func probeForward(ctx context.Context, man bundle.Manifest, f proto.Forward) err
 	// Open and quiet (most servers wait for the client), or a greeting
 	// (SMTP, MySQL): reachable. Closed at once: nothing answered in the
 	// guest.
-	c.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+	c.SetReadDeadline(time.Now().Add(quietFor))
 	_, err = c.Read(make([]byte, 1))
 	if err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
 		return nil
