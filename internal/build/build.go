@@ -222,6 +222,18 @@ func (b *builder) prepare() (func(error), error) {
 	if err := checkWritable(b.opts.OutDir); err != nil {
 		return nil, &Error{Stage: "prepare", Err: err, Hint: "choose another directory with --out, or fix the permissions of " + b.opts.OutDir}
 	}
+	unlock, err := lockOutput(b.final)
+	if err != nil {
+		return nil, &Error{Stage: "prepare", Err: err}
+	}
+	// unlock runs last, after the cleanup below: the next build starts
+	// on a clean place.
+	ok := false
+	defer func() {
+		if !ok {
+			unlock()
+		}
+	}()
 	work, err := os.MkdirTemp(b.opts.Home.Work(), name+"-")
 	if err != nil {
 		return nil, &Error{Stage: "prepare", Err: fmt.Errorf("create work directory: %w", err)}
@@ -240,7 +252,9 @@ func (b *builder) prepare() (func(error), error) {
 	b.logFile = f
 	b.staged = filepath.Join(b.opts.OutDir, fmt.Sprintf(".%s.tmp-%d", name, os.Getpid()))
 	os.RemoveAll(b.staged)
+	ok = true
 	return func(err error) {
+		defer unlock()
 		b.logMu.Lock()
 		b.logFile.Close()
 		b.logMu.Unlock()
