@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -469,5 +470,23 @@ func TestErrorMessages(t *testing.T) {
 	}
 	if got := failedName(inner); got != "" {
 		t.Errorf("failedName(plain error) = %q, want empty", got)
+	}
+}
+
+// A shutdown says on the console how long each service took to stop.
+func TestConsoleSaysStopTimes(t *testing.T) {
+	var console syncBuffer
+	cfg := proto.Config{Stack: "demo", Services: []proto.Service{
+		{Name: "db", Unit: "db.service", Health: proto.Health{Exec: []string{"true"}}},
+	}}
+	h := startAgent(t, Options{Config: cfg, Mode: proto.Run, Console: &console})
+	h.next(event.Ready, "")
+	h.send(proto.Request{Op: proto.OpShutdown})
+	h.next(event.Done, "")
+	if err := h.result(); err != nil {
+		t.Fatal(err)
+	}
+	if !regexp.MustCompile(`emu-agent: service db stopped in \d`).MatchString(console.String()) {
+		t.Errorf("console lacks the stop time:\n%s", console.String())
 	}
 }

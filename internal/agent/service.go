@@ -248,8 +248,13 @@ func (a *Agent) stopServices(ctx context.Context) {
 	svcs := a.opts.Config.Services
 	for i := len(svcs) - 1; i >= 0; i-- {
 		sctx, cancel := context.WithTimeout(ctx, 90*time.Second)
+		start := time.Now()
 		if err := a.opts.System.Stop(sctx, svcs[i].Unit); err != nil {
 			a.emit(event.New(event.Log, svcs[i].Name, err.Error()))
+		} else if a.opts.Console != nil {
+			// On the console (serial.log, the journal): how long each
+			// stop took is what to read when a down is slow.
+			fmt.Fprintf(a.opts.Console, "emu-agent: service %s stopped in %s\n", svcs[i].Name, time.Since(start).Round(time.Millisecond))
 		}
 		cancel()
 	}
