@@ -222,7 +222,7 @@ func (b *builder) prepare() (func(error), error) {
 	if err := checkWritable(b.opts.OutDir); err != nil {
 		return nil, &Error{Stage: "prepare", Err: err, Hint: "choose another directory with --out, or fix the permissions of " + b.opts.OutDir}
 	}
-	unlock, err := lockOutput(b.final)
+	unlock, err := lockOutput(b.opts.Home.Locks(), b.final)
 	if err != nil {
 		return nil, &Error{Stage: "prepare", Err: err}
 	}

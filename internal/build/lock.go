@@ -1,6 +1,8 @@
 package build
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -15,8 +17,15 @@ import (
 // run: a second build of the same stack into the same place fails at once,
 // naming the first, instead of racing it for the staged directory and the
 // swap. The lock is a flock, so it dies with its holder, even by SIGKILL.
-func lockOutput(final string) (release func(), err error) {
-	path := filepath.Join(filepath.Dir(final), "."+filepath.Base(final)+".lock")
+// Its file lives in dir (store.Home.Locks), named by final's path, so
+// nothing is left beside the bundles; it is never removed (removing a
+// flock's file lets two holders lock two files).
+func lockOutput(dir, final string) (release func(), err error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("create %s: %w", dir, err)
+	}
+	sum := sha256.Sum256([]byte(final))
+	path := filepath.Join(dir, "build-"+hex.EncodeToString(sum[:8])+".lock")
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
 	if err != nil {
 		return nil, fmt.Errorf("open build lock %s: %w", path, err)

@@ -18,7 +18,8 @@ import (
 func TestSecondBuildRefused(t *testing.T) {
 	out := t.TempDir()
 	final := filepath.Join(out, "demo")
-	release, err := lockOutput(final)
+	home := store.At(t.TempDir())
+	release, err := lockOutput(home.Locks(), final)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -28,7 +29,7 @@ func TestSecondBuildRefused(t *testing.T) {
 	os.WriteFile(filepath.Join(final, store.BundleManifest), []byte(`{"name":"previous"}`), 0o644)
 
 	start := time.Now()
-	_, err = Build(context.Background(), Options{Stack: demoStack(t), Home: store.At(t.TempDir()), OutDir: out})
+	_, err = Build(context.Background(), Options{Stack: demoStack(t), Home: home, OutDir: out})
 	var be *Error
 	if !errors.As(err, &be) || be.Stage != "prepare" ||
 		!strings.Contains(err.Error(), "another emu build (pid "+strconv.Itoa(os.Getpid())+") is writing "+final) {
@@ -40,11 +41,11 @@ func TestSecondBuildRefused(t *testing.T) {
 	if b, _ := os.ReadFile(filepath.Join(final, store.BundleManifest)); string(b) != `{"name":"previous"}` {
 		t.Errorf("the bundle changed: %s", b)
 	}
-	if ents, _ := os.ReadDir(out); len(ents) != 2 { // demo/ and .demo.lock
-		t.Errorf("the output directory holds %d entries, want the bundle and the lock", len(ents))
+	if ents, _ := os.ReadDir(out); len(ents) != 1 {
+		t.Errorf("the output directory holds %d entries, want the bundle alone", len(ents))
 	}
 	release()
-	again, err := lockOutput(final)
+	again, err := lockOutput(home.Locks(), final)
 	if err != nil {
 		t.Errorf("lock after the first build ended: %v", err)
 	} else {

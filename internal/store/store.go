@@ -75,6 +75,9 @@ func (h Home) BuildLogs(name string) string { return filepath.Join(h.State, "log
 // VerifyLogs is where the console log of stack name's last boot check is kept.
 func (h Home) VerifyLogs(name string) string { return filepath.Join(h.State, "logs", "verify", name) }
 
+// Locks holds the build locks, one per bundle path (build.lockOutput).
+func (h Home) Locks() string { return filepath.Join(h.State, "locks") }
+
 // Instances holds one directory per instance (stack name).
 func (h Home) Instances() string { return filepath.Join(h.State, "instances") }
 
