@@ -32,6 +32,28 @@ type Choice struct {
 	// TBSize is TCG's translation cache in MiB: 0 is qemu.DefaultTBSize,
 	// -1 QEMU's own default (EMU_TCG_TB_SIZE, read by the CLI).
 	TBSize int
+	// cache is the probe's cache entry and file, for FallBack.
+	cache     cacheEntry
+	cachePath string
+}
+
+// FallBack is the choice once a real guest did not start under c's KVM
+// (it never reached its agent): TCG. The probe guest can run where a real
+// kernel hangs (seen on our own machines: a boot sector runs under a
+// nested /dev/kvm on which Linux never prints a line), so the truth is the
+// real boot. The probe's cache remembers it for this boot of the host, so
+// the next command goes straight to TCG.
+func (c Choice) FallBack(why string) Choice {
+	t := choice(qemu.TCG, "tcg: "+why)
+	t.TBSize = c.TBSize
+	if c.cachePath != "" {
+		e := c.cache
+		e.KVMWorks, e.Reason = false, why
+		if b, err := json.MarshalIndent(e, "", "  "); err == nil {
+			writeFileAtomic(c.cachePath, append(b, '\n')) // best effort
+		}
+	}
+	return t
 }
 
 // Scale stretches a guest-side allowance by TimeoutScale (never below 1):
@@ -128,7 +150,11 @@ func (c Chooser) Choose(ctx context.Context, guestArch, override string) (Choice
 
 	ok, why := c.probeCached(ctx, bin)
 	if ok {
-		return choice(qemu.KVM, "kvm: "+why), nil
+		k := choice(qemu.KVM, "kvm: "+why)
+		if key, keyOK := c.cacheKey(bin); keyOK && c.CacheDir != "" {
+			k.cache, k.cachePath = key, filepath.Join(c.CacheDir, "accel.json")
+		}
+		return k, nil
 	}
 	return choice(qemu.TCG, "tcg: "+why), nil
 }

@@ -220,3 +220,18 @@ func needQEMU(t *testing.T) string {
 	}
 	return bin
 }
+
+// FallBack to TCG is remembered in the probe's cache for this boot.
+func TestFallBackRemembered(t *testing.T) {
+	dir := t.TempDir()
+	c := Choice{Accel: qemu.KVM, TimeoutScale: 1, TBSize: 64,
+		cache: cacheEntry{BootID: "b1", QEMU: "/usr/bin/qemu", KVMWorks: true}, cachePath: filepath.Join(dir, "accel.json")}
+	tcg := c.FallBack("a guest hung under kvm")
+	if tcg.Accel != qemu.TCG || tcg.TimeoutScale != TCGTimeoutScale || tcg.TBSize != 64 {
+		t.Errorf("FallBack = %+v", tcg)
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "accel.json"))
+	if err != nil || !strings.Contains(string(b), `"kvm_works": false`) || !strings.Contains(string(b), "a guest hung under kvm") {
+		t.Errorf("cache after FallBack: %s, %v", b, err)
+	}
+}

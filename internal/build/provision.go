@@ -40,9 +40,10 @@ func (b *builder) provision(ctx context.Context) (stageResult, error) {
 		Boot: func(ctx context.Context) (machine.Guest, error) {
 			return machine.Start(ctx, b.provisionConfig())
 		},
-		Retry: func() { _ = os.Rename(serial, serial+".1") },
-		Until: event.Done,
-		Hello: []proto.Request{req},
+		Retry:    func() { _ = os.Rename(serial, serial+".1") },
+		FallBack: machine.FallBackToTCG(&b.opts.Accel, b.emit),
+		Until:    event.Done,
+		Hello:    []proto.Request{req},
 		// The step waits for the ack: once the agent has it, a crash in
 		// the step is known to be the step's.
 		AckSteps:     true,

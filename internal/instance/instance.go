@@ -262,6 +262,7 @@ func Up(ctx context.Context, o UpOptions) (Info, error) {
 					Op:           "up",
 					Boot:         func(ctx context.Context) (machine.Guest, error) { return startInstance(ctx, o, sum) },
 					Retry:        func() { _ = os.Rename(inst.Serial(), inst.Serial()+".1") },
+					FallBack:     machine.FallBackToTCG(&o.Accel, emit),
 					Until:        event.Ready,
 					HelloTimeout: o.Accel.Scale(machine.HelloTimeout),
 					Timeout:      o.Timeout,

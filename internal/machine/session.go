@@ -7,9 +7,11 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/emu-dev/emu/internal/accel"
 	"github.com/emu-dev/emu/internal/command"
 	"github.com/emu-dev/emu/internal/event"
 	"github.com/emu-dev/emu/internal/proto"
+	"github.com/emu-dev/emu/internal/qemu"
 )
 
 // Guest is a booted QEMU and its agent channel: what a Session drives.
@@ -73,6 +75,11 @@ type Session struct {
 	// verdict of its own.
 	Emit    func(event.Event)
 	Verdict func(event.Event)
+	// FallBack, when set, is asked once after a boot whose agent never
+	// said hello in time: a broken accelerator looks like that. When it
+	// returns true (the caller switched its Boot to another accelerator
+	// and may have changed HelloTimeout) the session boots once more.
+	FallBack func(s *Session) bool
 	// Stop ends a guest that failed; default: SIGTERM, 5 s, SIGKILL.
 	Stop func(ctx context.Context, g Guest)
 	Log  *slog.Logger
@@ -102,11 +109,20 @@ func (s *Session) Run(ctx context.Context) error {
 		defer cancel()
 	}
 	start := time.Now()
+	fellBack := false
 	for attempt := 1; ; attempt++ {
 		err := s.boot(ctx)
 		if err == nil {
 			s.timings.Ready = time.Since(start)
 			return nil
+		}
+		if errors.As(err, new(noHelloError)) && s.FallBack != nil && !fellBack && ctx.Err() == nil && s.FallBack(s) {
+			fellBack = true
+			attempt--
+			if s.Retry != nil {
+				s.Retry()
+			}
+			continue
 		}
 		crash := earlyCrash(err)
 		if attempt > 1 || crash == "" || ctx.Err() != nil {
@@ -158,6 +174,13 @@ func (s *Session) stop(ctx context.Context, g Guest) {
 		return
 	}
 	g.Stop(ctx, 5*time.Second)
+}
+
+// noHelloError: the agent did not say hello in time.
+type noHelloError struct{ after time.Duration }
+
+func (e noHelloError) Error() string {
+	return fmt.Sprintf("the guest agent did not report within %s of boot", e.after)
 }
 
 // ending is why follow returned.
@@ -225,7 +248,7 @@ func (s *Session) await(ctx context.Context, g Guest, begin time.Time) error {
 		}
 		return s.gone(g, "qemu exited before "+s.goal())
 	case endTimer:
-		return s.consoleError(g, fmt.Errorf("the guest agent did not report within %s of boot", s.HelloTimeout))
+		return s.consoleError(g, noHelloError{s.HelloTimeout})
 	default:
 		if errors.Is(err, context.DeadlineExceeded) {
 			err = fmt.Errorf("%s within %s: %w", s.late(), s.Timeout.Round(time.Second), err)
@@ -450,3 +473,26 @@ func (s *Session) Shutdown(ctx context.Context, d time.Duration) (time.Duration,
 type noEvents struct{ Guest }
 
 func (noEvents) Events() <-chan event.Event { return nil }
+
+// FallBackToTCG is a FallBack for a guest started under *acc: under KVM it
+// switches *acc to TCG (remembered for this boot of the host, see
+// accel.Choice.FallBack), stretches the hello deadline to TCG's and says
+// so. Anything else is not the accelerator's fault: no second boot.
+func FallBackToTCG(acc *accel.Choice, emit func(event.Event)) func(*Session) bool {
+	return func(s *Session) bool {
+		if acc.Accel != qemu.KVM {
+			return false
+		}
+		why := fmt.Sprintf("a guest did not reach its agent under kvm within %s, though the kvm probe ran", s.HelloTimeout)
+		*acc = acc.FallBack(why)
+		s.HelloTimeout = acc.Scale(HelloTimeout)
+		msg := why + "; booting it again under tcg"
+		if emit != nil {
+			emit(event.New(event.Log, s.Op, msg))
+		}
+		if s.Log != nil {
+			s.Log.Warn(msg)
+		}
+		return true
+	}
+}

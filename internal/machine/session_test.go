@@ -10,8 +10,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/emu-dev/emu/internal/accel"
 	"github.com/emu-dev/emu/internal/event"
 	"github.com/emu-dev/emu/internal/proto"
+	"github.com/emu-dev/emu/internal/qemu"
 )
 
 // fakeGuest is a QEMU and agent channel the test scripts: it sends the
@@ -408,5 +410,34 @@ func TestSessionCancelBeatsQueuedReady(t *testing.T) {
 		if g.stops() != 1 {
 			t.Fatalf("round %d: an interrupted guest was stopped %d times, want 1", i, g.stops())
 		}
+	}
+}
+
+// A guest that never reaches its agent under KVM (the probe ran, a real
+// kernel does not) boots once more under TCG, with TCG's hello deadline.
+func TestSessionFallsBackToTCG(t *testing.T) {
+	hung := newFake(t, "")
+	good := newFake(t, "")
+	good.send(ev(event.Hello, "", ""), ev(event.Ready, "", ""))
+	s, rec, boots := session(event.Ready, hung, good)
+	s.HelloTimeout = 20 * time.Millisecond
+	acc := accel.Choice{Accel: qemu.KVM, TimeoutScale: 1}
+	s.FallBack = FallBackToTCG(&acc, rec.Emit)
+	if err := s.Run(context.Background()); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if *boots != 2 || acc.Accel != qemu.TCG || s.HelloTimeout != acc.Scale(HelloTimeout) || hung.stops() != 1 {
+		t.Errorf("boots=%d accel=%s hello=%s hung stopped %d: want a second boot under tcg", *boots, acc.Accel, s.HelloTimeout, hung.stops())
+	}
+	if st := event.FoldAll(rec.Events()); !st.Ready {
+		t.Errorf("not ready")
+	}
+	// Under TCG already, or a second time: no more boots.
+	hung2 := newFake(t, "")
+	s2, _, boots2 := session(event.Ready, hung2, newFake(t, ""))
+	s2.HelloTimeout = 20 * time.Millisecond
+	s2.FallBack = FallBackToTCG(&acc, nil)
+	if err := s2.Run(context.Background()); err == nil || *boots2 != 1 {
+		t.Errorf("under tcg: Run = %v after %d boots, want the hello timeout after one", err, *boots2)
 	}
 }

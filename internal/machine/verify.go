@@ -122,6 +122,7 @@ func Verify(ctx context.Context, opts VerifyOptions) (Timings, error) {
 			return Start(ctx, verifyConfig(opts, man, overlay, logDir, fwds, runtime))
 		},
 		Retry:        func() { _ = os.Rename(serial, serial+".1") },
+		FallBack:     FallBackToTCG(&opts.Accel, emit),
 		Until:        event.Ready,
 		HelloTimeout: opts.Accel.Scale(HelloTimeout),
 		Timeout:      opts.Timeout,
