@@ -54,10 +54,15 @@ func run(ctx context.Context) error {
 		Console:  os.Stderr,
 		PowerOff: agent.PowerOff,
 		Version:  version,
+		// A resume steps the clock and reseeds the random pool in any
+		// guest; the runtime env exists only where services read it.
+		SetClock:   agent.SetClock,
+		AddEntropy: agent.AddEntropy,
 	}
 	if _, err := os.Stat("/run/systemd/system"); err == nil {
 		opts.System = agent.Systemd{}
 		opts.Setup = agent.SetupRuntime
+		opts.ApplyRuntime = agent.ApplyRuntime
 	}
 	if _, err := os.Stat(proto.PodmanPath); err == nil {
 		opts.Engine = agent.Podman{}

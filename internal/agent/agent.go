@@ -35,6 +35,12 @@ type Options struct {
 	// network (SetupRuntime). nil skips it. The forwards it returns are
 	// made reachable once the services are healthy (relayPorts).
 	Setup func(ctx context.Context) (proto.Runtime, error)
+	// SetClock, AddEntropy and ApplyRuntime serve a resume (OpResume);
+	// nil skips each. ApplyRuntime writes the new runtime config's env
+	// and says whether it changed.
+	SetClock     func(time.Time) error
+	AddEntropy   func([]byte) error
+	ApplyRuntime func(ctx context.Context, rt proto.Runtime) (changed bool, err error)
 	// RelayAddr is where the host's forwards arrive: GuestAddr by default;
 	// tests use another loopback address.
 	RelayAddr string
@@ -106,8 +112,7 @@ func Start(ctx context.Context, opts Options) error {
 	reqs := make(chan proto.Request)
 	go a.readLoop(ctx, reqs)
 
-	a.emit(event.New(event.Hello, opts.Config.Stack, "agent up").
-		With(proto.FieldMode, string(opts.Mode)).With(proto.FieldVersion, opts.Version))
+	a.emit(a.hello("agent up"))
 
 	var err error
 	switch opts.Mode {
@@ -133,6 +138,13 @@ func Start(ctx context.Context, opts Options) error {
 		}
 	}
 	return err
+}
+
+// hello is the agent's first event on a channel.
+func (a *Agent) hello(msg string) event.Event {
+	return event.New(event.Hello, a.opts.Config.Stack, msg).
+		With(proto.FieldMode, string(a.opts.Mode)).With(proto.FieldVersion, a.opts.Version).
+		With(proto.FieldResume, "true")
 }
 
 func (a *Agent) emit(e event.Event) {
@@ -365,6 +377,8 @@ func (a *Agent) serve(ctx context.Context, reqs <-chan proto.Request) error {
 			a.execResize(req)
 		case proto.OpSignal:
 			a.execSignal(req)
+		case proto.OpResume:
+			go a.resume(ctx, req)
 		case proto.OpShutdown:
 			cancel()
 			a.stopServices(context.Background())

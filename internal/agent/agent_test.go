@@ -336,7 +336,7 @@ func TestHelloFirst(t *testing.T) {
 			if len(h.got) != 1 {
 				t.Errorf("hello is event %d, want the first: %s", len(h.got), dump(h.got))
 			}
-			want := map[string]string{"mode": string(mode), "version": "v1.2.3"}
+			want := map[string]string{"mode": string(mode), "version": "v1.2.3", "resume": "true"}
 			if diff := cmp.Diff(want, e.Fields); diff != "" {
 				t.Errorf("hello fields (-want +got):\n%s", diff)
 			}

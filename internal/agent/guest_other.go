@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"os"
+	"time"
 )
 
 // The agent runs in a Linux guest. The host tools import this package for
@@ -25,3 +26,9 @@ func PowerOff() error { return errNotLinux }
 func openPTY() (tty, pts *os.File, err error) { return nil, nil, errNotLinux }
 
 func setWinsize(tty *os.File, rows, cols uint16) {}
+
+// SetClock needs Linux's clock_settime.
+func SetClock(t time.Time) error { return errNotLinux }
+
+// AddEntropy needs Linux's random ioctl.
+func AddEntropy(b []byte) error { return errNotLinux }

@@ -85,3 +85,19 @@ func SetupRuntime(ctx context.Context) (proto.Runtime, error) {
 	}
 	return rt, errors.Join(errs...)
 }
+
+// ApplyRuntime writes rt's env files, as SetupRuntime does at boot, for a
+// resume; it says whether they changed (the services reading them must
+// restart then).
+func ApplyRuntime(ctx context.Context, rt proto.Runtime) (bool, error) {
+	return applyEnv(rt, proto.EnvFile, proto.ContainerEnvFile)
+}
+
+func applyEnv(rt proto.Runtime, path, container string) (bool, error) {
+	old, _ := os.ReadFile(path)
+	oldc, _ := os.ReadFile(container)
+	if string(old) == rt.EnvLines() && string(oldc) == rt.ContainerEnvLines() {
+		return false, nil
+	}
+	return true, WriteEnv(rt, path, container)
+}

@@ -3,6 +3,7 @@ package agent
 import (
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/emu-dev/emu/internal/proto"
@@ -42,5 +43,24 @@ func TestRuntimeEnvFiles(t *testing.T) {
 		if fi, err := os.Stat(p); err != nil || fi.Size() != 0 {
 			t.Errorf("%s after an empty runtime: %v, %v", p, fi, err)
 		}
+	}
+}
+
+func TestApplyEnvSaysWhetherItChanged(t *testing.T) {
+	dir := t.TempDir()
+	path, container := filepath.Join(dir, "env"), filepath.Join(dir, "container.env")
+	rt := proto.Runtime{Instance: "demo", Env: map[string]string{"KEY": "old"}}
+	if changed, err := applyEnv(rt, path, container); err != nil || !changed {
+		t.Fatalf("first applyEnv = %v, %v; want changed", changed, err)
+	}
+	if changed, err := applyEnv(rt, path, container); err != nil || changed {
+		t.Errorf("applyEnv of the same runtime = %v, %v; want unchanged", changed, err)
+	}
+	rt.Env["KEY"] = "new"
+	if changed, err := applyEnv(rt, path, container); err != nil || !changed {
+		t.Errorf("applyEnv of a new value = %v, %v; want changed", changed, err)
+	}
+	if b, _ := os.ReadFile(path); !strings.Contains(string(b), `KEY="new"`) {
+		t.Errorf("env file = %q", b)
 	}
 }

@@ -151,6 +151,13 @@ func (a *Agent) startOne(ctx context.Context, s proto.Service) error {
 	if err := a.opts.System.Start(ctx, s.Unit); err != nil {
 		return a.unhealthy(ctx, s, err.Error())
 	}
+	return a.awaitHealthy(ctx, s)
+}
+
+// awaitHealthy probes s until it passes (a service.healthy event), its
+// unit fails or its health timeout runs out (service.unhealthy, and a
+// *ServiceError).
+func (a *Agent) awaitHealthy(ctx context.Context, s proto.Service) error {
 	timeout := s.Health.Timeout
 	if timeout <= 0 {
 		timeout = 2 * time.Minute

@@ -119,6 +119,8 @@ func AgentConfig(s *spec.Stack) proto.Config {
 		}
 		cfg.Services = append(cfg.Services, proto.Service{
 			Name: name, Unit: UnitName(name, svc), After: svc.After, Health: h, Ports: ports,
+			// emu's own units read the runtime env; a stock unit does not.
+			RuntimeEnv: svc.Kind() != spec.KindUnit,
 		})
 	}
 	return cfg

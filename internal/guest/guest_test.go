@@ -371,7 +371,8 @@ func TestAgentConfig(t *testing.T) {
 	want := proto.Config{Stack: "shop", Services: []proto.Service{
 		{
 			Name: "cache", Unit: "emu-cache.service",
-			Health: proto.Health{Exec: []string{"/usr/bin/valkey-cli", "ping"}, Timeout: 30 * time.Second},
+			Health:     proto.Health{Exec: []string{"/usr/bin/valkey-cli", "ping"}, Timeout: 30 * time.Second},
+			RuntimeEnv: true,
 		},
 		{
 			Name: "db", Unit: "postgresql.service",
@@ -379,12 +380,14 @@ func TestAgentConfig(t *testing.T) {
 		},
 		{
 			Name: "api", Unit: "emu-api.service", After: []string{"db", "cache"},
-			Health: proto.Health{HTTPPort: 8080, HTTPPath: "/health", HTTPStatus: 200, Timeout: 2 * time.Minute},
-			Ports:  []string{"http=8080", "9090=9090"},
+			Health:     proto.Health{HTTPPort: 8080, HTTPPath: "/health", HTTPStatus: 200, Timeout: 2 * time.Minute},
+			Ports:      []string{"http=8080", "9090=9090"},
+			RuntimeEnv: true,
 		},
 		{
 			Name: "worker", Unit: "emu-worker.service", After: []string{"api"},
-			Health: proto.Health{HTTPPort: 8081, HTTPPath: "/ready", HTTPStatus: 204, Timeout: 2 * time.Minute},
+			Health:     proto.Health{HTTPPort: 8081, HTTPPath: "/ready", HTTPStatus: 204, Timeout: 2 * time.Minute},
+			RuntimeEnv: true,
 		},
 	}}
 	if diff := cmp.Diff(want, got); diff != "" {

@@ -47,8 +47,11 @@ type Config struct {
 	Forwards  []proto.Forward
 	FWCfg     []qemu.FWCfgFile
 	Detach    bool
-	QEMU      string
-	Log       *slog.Logger
+	// Incoming starts QEMU waiting for a saved state (RestoreState)
+	// instead of booting.
+	Incoming bool
+	QEMU     string
+	Log      *slog.Logger
 }
 
 // VM is a booted guest and its event stream.
@@ -144,6 +147,7 @@ func Args(cfg Config, host qemu.Host) ([]string, error) {
 		Name:      cfg.Name,
 		NoReboot:  true,
 		TBSize:    cfg.Accel.TBSize,
+		Incoming:  cfg.Incoming,
 	}, host)
 	if err != nil {
 		return nil, fmt.Errorf("qemu command line: %w", err)

@@ -50,6 +50,9 @@ type Service struct {
 	Health Health   `json:"health"`
 	// Ports is informative: "name=guest" pairs reported with health events.
 	Ports []string `json:"ports,omitempty"`
+	// RuntimeEnv: the service reads the runtime env (EnvFile or
+	// ContainerEnvFile), so a resume that changes it restarts the service.
+	RuntimeEnv bool `json:"runtime_env,omitempty"`
 }
 
 // Health is a service's health check; exactly one of TCP, HTTP, Exec.
@@ -215,6 +218,14 @@ const (
 	FieldVersion = "version"
 	// FieldMode on hello: the agent's Mode.
 	FieldMode = "mode"
+	// FieldResume on hello: "true" when the agent answers OpResume, so a
+	// suspend of its guest can be resumed.
+	FieldResume = "resume"
+	// FieldResumed on hello: "true" when it answers an OpResume.
+	FieldResumed = "resumed"
+	// FieldRestarted on the resume's ready: the services restarted for a
+	// changed runtime env, comma-separated.
+	FieldRestarted = "restarted"
 	// FieldPorts on service events: the service's "name=guest" ports,
 	// comma-separated.
 	FieldPorts = "ports"

@@ -36,6 +36,13 @@ const (
 	OpResize Op = "resize"
 	// OpSignal sends Signal to run ID's process group.
 	OpSignal Op = "signal"
+	// OpResume tells a guest restored from a saved state that it runs
+	// again: the agent steps its clock to Time, mixes Entropy into the
+	// kernel's random pool, applies Runtime (services whose runtime env
+	// changed restart), re-probes every service, and answers like a boot:
+	// hello, the services' health, ready, each carrying ID (field "req"),
+	// so the host tells them from events queued before the suspend.
+	OpResume Op = "resume"
 )
 
 // MaxJournalLines bounds one OpLogs answer.
@@ -85,6 +92,10 @@ type Request struct {
 	Data   []byte            `json:"data,omitempty"`
 	EOF    bool              `json:"eof,omitempty"`
 	Signal int               `json:"signal,omitempty"`
+	// Time, Entropy and Runtime are a resume's (OpResume).
+	Time    time.Time `json:"time,omitzero"`
+	Entropy []byte    `json:"entropy,omitempty"`
+	Runtime *Runtime  `json:"runtime,omitempty"`
 }
 
 // Image is one image source the host attached as a read-only disk.

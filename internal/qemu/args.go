@@ -91,6 +91,12 @@ type Config struct {
 	// a negative value QEMU's own default. Other accelerators have none.
 	TBSize int
 
+	// Incoming makes QEMU wait for a migration stream before it runs the
+	// guest (-incoming defer: the stream is handed over QMP later, see
+	// qmp.Client.MigrateIncoming). A restored guest stays paused until
+	// cont.
+	Incoming bool
+
 	// ExtraArgs are appended verbatim, last.
 	ExtraArgs []string
 }
@@ -249,6 +255,9 @@ func Args(cfg Config, host Host) ([]string, error) {
 	}
 	if cfg.PIDFile != "" {
 		b.add("-pidfile", cfg.PIDFile)
+	}
+	if cfg.Incoming {
+		b.add("-incoming", "defer")
 	}
 	b.add(cfg.ExtraArgs...)
 	return b.argv, nil

@@ -8,6 +8,8 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -105,4 +107,34 @@ func (p *Process) Stop(ctx context.Context, grace time.Duration) error {
 	case <-time.After(5 * time.Second):
 		return fmt.Errorf("qemu %d did not exit after SIGKILL", p.Pid)
 	}
+}
+
+// versionCache holds Version's answers by binary, size and mtime.
+var versionCache sync.Map
+
+// Version is the first line of `bin --version` ("QEMU emulator version
+// 7.2.22 (Debian 1:7.2+dfsg-7+deb12u18)"), asked once per binary as it is
+// on disk.
+func Version(ctx context.Context, bin string) (string, error) {
+	path, err := exec.LookPath(bin)
+	if err != nil {
+		return "", err
+	}
+	st, err := os.Stat(path)
+	if err != nil {
+		return "", err
+	}
+	key := fmt.Sprintf("%s\x00%d\x00%d", path, st.Size(), st.ModTime().UnixNano())
+	if v, ok := versionCache.Load(key); ok {
+		return v.(string), nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, path, "--version").Output()
+	if err != nil {
+		return "", fmt.Errorf("%s --version: %w", path, err)
+	}
+	line, _, _ := strings.Cut(strings.TrimSpace(string(out)), "\n")
+	versionCache.Store(key, line)
+	return line, nil
 }

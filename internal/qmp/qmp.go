@@ -86,6 +86,8 @@ type Client struct {
 	pending map[uint64]chan reply
 	events  []Event
 	closed  bool
+	// newEvent is closed, and replaced, at each event: WaitEvent's wake-up.
+	newEvent chan struct{}
 
 	done    chan struct{} // closed when the reader goroutine ends
 	readErr error         // why it ended; set before done is closed
@@ -130,11 +132,12 @@ func Dial(ctx context.Context, path string, opts ...Option) (*Client, error) {
 // closed on failure and by Close. ctx bounds the handshake.
 func New(ctx context.Context, conn net.Conn, opts ...Option) (*Client, error) {
 	c := &Client{
-		conn:    conn,
-		dec:     json.NewDecoder(conn), // no line limit: replies can be megabytes
-		log:     slog.New(slog.DiscardHandler),
-		pending: map[uint64]chan reply{},
-		done:    make(chan struct{}),
+		conn:     conn,
+		dec:      json.NewDecoder(conn), // no line limit: replies can be megabytes
+		log:      slog.New(slog.DiscardHandler),
+		pending:  map[uint64]chan reply{},
+		done:     make(chan struct{}),
+		newEvent: make(chan struct{}),
 	}
 	for _, o := range opts {
 		o(c)
@@ -173,7 +176,7 @@ func (c *Client) handshake(ctx context.Context) (err error) {
 	c.log.Debug("qmp greeting", "msg", c.trim(raw))
 	c.nextID++
 	id := c.nextID
-	if err := c.send(ctx, "qmp_capabilities", nil, id); err != nil {
+	if err := c.send(ctx, "qmp_capabilities", nil, id, nil); err != nil {
 		return err
 	}
 	for {
@@ -244,6 +247,8 @@ func (c *Client) addEvent(m message) {
 		c.events = append(c.events[:0], c.events[1:]...)
 	}
 	c.events = append(c.events, e)
+	close(c.newEvent)
+	c.newEvent = make(chan struct{})
 	c.mu.Unlock()
 	if c.onEvent != nil {
 		c.onEvent(e)
@@ -264,7 +269,7 @@ func (c *Client) Done() <-chan struct{} { return c.done }
 // object) and decodes the reply's "return" into result (if non-nil). An error
 // reply is a *Error.
 func (c *Client) Execute(ctx context.Context, cmd string, args, result any) error {
-	ret, err := c.execute(ctx, cmd, args)
+	ret, err := c.execute(ctx, cmd, args, nil)
 	if err != nil {
 		var qe *Error
 		if errors.As(err, &qe) {
@@ -281,7 +286,9 @@ func (c *Client) Execute(ctx context.Context, cmd string, args, result any) erro
 	return nil
 }
 
-func (c *Client) execute(ctx context.Context, cmd string, args any) (json.RawMessage, error) {
+// execute sends cmd and waits for its reply; oob, when set, travels with
+// the command as socket control data (a descriptor for getfd).
+func (c *Client) execute(ctx context.Context, cmd string, args any, oob []byte) (json.RawMessage, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -307,7 +314,7 @@ func (c *Client) execute(ctx context.Context, cmd string, args any) (json.RawMes
 		c.mu.Unlock()
 	}
 
-	if err := c.send(ctx, cmd, args, id); err != nil {
+	if err := c.send(ctx, cmd, args, id, oob); err != nil {
 		forget()
 		return nil, err
 	}
@@ -342,7 +349,7 @@ func (c *Client) execute(ctx context.Context, cmd string, args any) (json.RawMes
 
 // send writes one command, bounded by ctx. A partial write leaves the stream
 // unusable, so the connection is closed then.
-func (c *Client) send(ctx context.Context, cmd string, args any, id uint64) error {
+func (c *Client) send(ctx context.Context, cmd string, args any, id uint64, oob []byte) error {
 	req := struct {
 		Execute   string          `json:"execute"`
 		Arguments json.RawMessage `json:"arguments,omitempty"`
@@ -377,7 +384,17 @@ func (c *Client) send(ctx context.Context, cmd string, args any, id uint64) erro
 		defer close(fired)
 		c.conn.SetWriteDeadline(time.Now())
 	})
-	n, err := c.conn.Write(b)
+	var n int
+	if oob != nil {
+		uc, ok := c.conn.(*net.UnixConn)
+		if !ok {
+			err = errors.New("passing a file descriptor needs a unix socket")
+		} else {
+			n, _, err = uc.WriteMsgUnix(b, oob, nil)
+		}
+	} else {
+		n, err = c.conn.Write(b)
+	}
 	if !stop() {
 		<-fired // so it cannot touch the next writer's deadline
 	}
