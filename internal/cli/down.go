@@ -37,9 +37,10 @@ func (e *env) stopReporter(jsonOut bool) event.Sink {
 }
 
 func runDown(ctx context.Context, e *env, args []string) error {
-	var jsonOut *bool
-	home, t, err := instanceFlags(ctx, e, "down", "[-f FILE | NAME] [--json]", args, func(fs *flag.FlagSet) {
+	var jsonOut, poweroff *bool
+	home, t, err := instanceFlags(ctx, e, "down", "[-f FILE | NAME] [--poweroff] [--json]", args, func(fs *flag.FlagSet) {
 		jsonOut = fs.Bool("json", false, "print events as JSON lines on stdout")
+		poweroff = fs.Bool("poweroff", false, "shut the guest down cleanly instead of suspending it (the next up boots)")
 	})
 	if err != nil {
 		return err
@@ -55,12 +56,47 @@ func runDown(ctx context.Context, e *env, args []string) error {
 		return failed(sink, t.name, err)
 	}
 	defer release()
-	msg, err := stopInstance(ctx, e, inst, sink)
+	stop := suspendInstance
+	if *poweroff {
+		stop = stopInstance
+	}
+	msg, err := stop(ctx, e, inst, sink)
 	if err != nil {
 		return failed(sink, t.name, err)
 	}
 	sink.Emit(event.New(event.Done, t.name, msg))
 	return nil
+}
+
+// suspendInstance saves inst's state and ends its QEMU, so the next up
+// resumes it; a guest that cannot be suspended is powered off instead,
+// saying why.
+func suspendInstance(ctx context.Context, e *env, inst store.Instance, sink event.Sink) (string, error) {
+	start := time.Now()
+	meta, err := instance.Suspend(ctx, inst, e.log, sink)
+	if isNotRunning(err) {
+		return notRunning(inst), nil
+	}
+	if err != nil {
+		if _, perr := instance.RunningPID(inst); perr != nil {
+			return "", err // QEMU is gone: nothing to power off
+		}
+		if ctx.Err() != nil {
+			return "", err
+		}
+		sink.Emit(event.New(event.Log, inst.Name, "cannot suspend: "+err.Error()+"; powering off instead"))
+		return stopInstance(ctx, e, inst, sink)
+	}
+	return fmt.Sprintf("%s suspended in %s (state %s); emu up resumes it, its data is kept",
+		inst.Name, progress.Dur(time.Since(start)), progress.Humanize(meta.Size)), nil
+}
+
+// notRunning says that inst is not running, and whether it is suspended.
+func notRunning(inst store.Instance) string {
+	if _, ok := instance.Suspended(inst); ok {
+		return inst.Name + " is suspended (emu up resumes it)"
+	}
+	return inst.Name + " is not running"
 }
 
 // failed ends a verb's event stream with err, and returns it.
@@ -75,7 +111,7 @@ func stopInstance(ctx context.Context, e *env, inst store.Instance, sink event.S
 	start := time.Now()
 	err := instance.Stop(ctx, inst, e.log, sink)
 	if isNotRunning(err) {
-		return inst.Name + " is not running", nil
+		return notRunning(inst), nil
 	}
 	if err != nil {
 		return "", err

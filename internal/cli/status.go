@@ -29,8 +29,15 @@ type instanceReport struct {
 	Services []serviceReport `json:"services,omitempty"`
 	Ports    []proto.Forward `json:"ports,omitempty"`
 	Problem  string          `json:"problem,omitempty"`
+	// Suspended: not running, with a saved state the next up resumes.
+	Suspended *suspendReport `json:"suspended,omitempty"`
 
 	items []event.Item
+}
+
+type suspendReport struct {
+	Saved time.Time `json:"saved"`
+	Size  int64     `json:"size"`
 }
 
 type serviceReport struct {
@@ -48,6 +55,9 @@ func report(ctx context.Context, home store.Home, name string) instanceReport {
 	if err != nil {
 		if !isNotRunning(err) {
 			r.Problem = err.Error()
+		}
+		if meta, ok := instance.Suspended(inst); ok {
+			r.Suspended = &suspendReport{Saved: meta.Saved, Size: meta.Size}
 		}
 		return r
 	}
@@ -82,6 +92,11 @@ func writeReports(e *env, reps []instanceReport, asJSON bool) error {
 			fmt.Fprintln(e.stdout)
 		}
 		if !r.Running {
+			if s := r.Suspended; s != nil {
+				fmt.Fprintf(e.stdout, "%s: suspended %s ago (state %s); emu up resumes it\n", r.Name,
+					progress.Dur(time.Since(s.Saved).Truncate(time.Second)), progress.Humanize(s.Size))
+				continue
+			}
 			fmt.Fprintf(e.stdout, "%s: not running\n", r.Name)
 			continue
 		}

@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -45,6 +46,13 @@ type Info struct {
 	PID     int               `json:"pid"`
 	// Timings of the start that wrote this file.
 	Timings machine.Timings `json:"timings"`
+	// Start says how the guest started: StartCold, StartResumed or
+	// StartTemplate.
+	Start string `json:"start,omitempty"`
+	// Resumable: the guest's agent answers a resume, so down may suspend
+	// it. Key is what a state saved from this QEMU depends on.
+	Resumable bool             `json:"resumable,omitempty"`
+	Key       machine.StateKey `json:"key,omitzero"`
 }
 
 // ErrNotRunning: the instance has no live QEMU.
@@ -158,8 +166,12 @@ type UpOptions struct {
 	Sink    event.Sink
 	Log     *slog.Logger
 	QEMU    string
+	// NoTemplate neither starts a fresh instance from the image's ready
+	// snapshot nor saves one.
+	NoTemplate bool
 
 	connect map[string]string // Connect rendered
+	key     machine.StateKey  // what a state of this start depends on
 }
 
 // RenderConnect renders connect templates for an instance named name with
@@ -232,6 +244,59 @@ func Up(ctx context.Context, o UpOptions) (Info, error) {
 	sum := o.Manifest.Files[store.BundleDisk].SHA256
 	var sess *machine.Session
 	var info Info
+	var src *source // what the boot resumes from; nil: cold
+	var fresh bool  // the overlay was made by this start
+	var restore time.Duration
+	say := func(msg string) {
+		emit(event.New(event.Log, inst.Name, msg))
+		o.Log.Info(msg)
+	}
+	// session follows one start of the guest, booted or resumed.
+	session := func(boot func(ctx context.Context) (machine.Guest, error)) *machine.Session {
+		return &machine.Session{
+			Op:           "up",
+			Boot:         boot,
+			Until:        event.Ready,
+			HelloTimeout: o.Accel.Scale(machine.HelloTimeout),
+			Timeout:      o.Timeout,
+			Emit:         emit,
+			// Not ready: stop it cleanly and keep the data. The
+			// agent's channel takes one client at a time: let go
+			// of ours first.
+			Stop: func(ctx context.Context, g machine.Guest) {
+				g.Close()
+				Stop(ctx, inst, o.Log, nil)
+			},
+			Log: o.Log,
+		}
+	}
+	cold := func(ctx context.Context) error {
+		if err := removeSavedState(inst); err != nil {
+			return fmt.Errorf("remove the saved state: %w", err)
+		}
+		sess = session(func(ctx context.Context) (machine.Guest, error) { return startInstance(ctx, o, sum, StartCold) })
+		sess.Retry = func() { _ = os.Rename(inst.Serial(), inst.Serial()+".1") }
+		sess.FallBack = machine.FallBackToTCG(&o.Accel, emit)
+		return sess.Run(ctx)
+	}
+	resume := func(ctx context.Context) error {
+		rt := runtimeConfig(o)
+		sess = session(func(ctx context.Context) (machine.Guest, error) {
+			g, load, err := machine.Resume(ctx, machine.ResumeOptions{
+				Config: bootConfig(o), State: src.state, Runtime: &rt,
+				Started: func(vm *machine.VM) error { return recordStart(o, sum, vm.Proc.Pid, src.kind) },
+				Consume: func() error {
+					if src.kind == StartResumed {
+						return removeSavedState(inst)
+					}
+					return nil
+				},
+			})
+			restore = load
+			return g, err
+		})
+		return sess.Run(ctx)
+	}
 	err := runSteps(ctx, o.Log, []step{
 		{name: "directory", do: func(context.Context) error {
 			if err := os.MkdirAll(inst.Dir, 0o755); err != nil {
@@ -240,9 +305,31 @@ func Up(ctx context.Context, o UpOptions) (Info, error) {
 			return nil
 		}},
 		{name: "check data", do: func(context.Context) error { return checkData(inst, sum) }},
+		{name: "plan", do: func(ctx context.Context) error {
+			var err error
+			if o.key, err = machine.Key(ctx, bootConfig(o), sum); err != nil {
+				say("cannot resume or use a ready snapshot: " + err.Error())
+				return nil
+			}
+			_, serr := os.Stat(inst.Overlay())
+			var why string
+			src, why = pickSource(o, o.key, serr == nil)
+			if why != "" {
+				say(why)
+			}
+			return nil
+		}},
 		// The overlay is the user's data: never undone, also when it was
 		// made by this start.
-		{name: "overlay", do: func(ctx context.Context) error { return ensureOverlay(ctx, o) }},
+		{name: "overlay", do: func(ctx context.Context) error {
+			if src != nil && src.kind == StartTemplate {
+				fresh = true
+				return copyFile(src.overlay, inst.Overlay())
+			}
+			var err error
+			fresh, err = ensureOverlay(ctx, o)
+			return err
+		}},
 		{name: "connect values", do: func(context.Context) error {
 			var err error
 			o.connect, err = RenderConnect(o.Connect, inst.Name, o.Ports)
@@ -258,25 +345,26 @@ func Up(ctx context.Context, o UpOptions) (Info, error) {
 		{
 			name: "boot",
 			do: func(ctx context.Context) error {
-				sess = &machine.Session{
-					Op:           "up",
-					Boot:         func(ctx context.Context) (machine.Guest, error) { return startInstance(ctx, o, sum) },
-					Retry:        func() { _ = os.Rename(inst.Serial(), inst.Serial()+".1") },
-					FallBack:     machine.FallBackToTCG(&o.Accel, emit),
-					Until:        event.Ready,
-					HelloTimeout: o.Accel.Scale(machine.HelloTimeout),
-					Timeout:      o.Timeout,
-					Emit:         emit,
-					// Not ready: stop it cleanly and keep the data. The
-					// agent's channel takes one client at a time: let go
-					// of ours first.
-					Stop: func(ctx context.Context, g machine.Guest) {
-						g.Close()
-						Stop(ctx, inst, o.Log, nil)
-					},
-					Log: o.Log,
+				if src == nil {
+					return cold(ctx)
 				}
-				return sess.Run(ctx)
+				err := resume(ctx)
+				if err == nil || ctx.Err() != nil {
+					return err
+				}
+				// A state that does not restore costs a cold boot, never
+				// the data: the guest either never ran, or was stopped
+				// as a failed start is.
+				say("could not resume (" + oneLine(err) + "): booting cold")
+				if src.kind == StartTemplate {
+					// A fresh instance: its data is the template's copy.
+					os.Remove(inst.Overlay())
+					if _, err := ensureOverlay(ctx, o); err != nil {
+						return err
+					}
+				}
+				src, restore = nil, 0
+				return cold(ctx)
 			},
 			undo: func(ctx context.Context) { sess.Abort(ctx) },
 		},
@@ -287,6 +375,33 @@ func Up(ctx context.Context, o UpOptions) (Info, error) {
 				return fmt.Errorf("read instance state: %w", err)
 			}
 			info.Timings = sess.Timings()
+			info.Timings.Restore = restore
+			if h := sess.Status().Hello; h != nil {
+				info.Resumable = h.Fields[proto.FieldResume] == "true"
+			}
+			return writeInfo(inst, info)
+		}},
+		{name: "ready snapshot", do: func(ctx context.Context) error {
+			// The first up of an image on this host, on fresh data, keeps
+			// the moment it became ready for every later fresh start.
+			if src != nil || !fresh || o.NoTemplate || !info.Resumable || len(o.key.Argv) == 0 {
+				return nil
+			}
+			if _, ok := validTemplate(o.DiskCache, o.key); ok {
+				return nil
+			}
+			say("saving a ready snapshot of this image: fresh instances of it will start from it")
+			saved, err := captureTemplate(ctx, o, o.key)
+			if err != nil {
+				say("could not save the ready snapshot: " + err.Error())
+				return nil
+			}
+			// The pause left the guest's clock behind: the agent steps it.
+			if g := sess.Guest(); g != nil {
+				_ = g.Send(proto.Request{Op: proto.OpResume, ID: "after-snapshot", Time: time.Now()})
+			}
+			info.Timings.Snapshot = saved.Took
+			say(fmt.Sprintf("ready snapshot saved in %s (%s)", saved.Took.Round(time.Millisecond), humanBytes(saved.Size)))
 			return writeInfo(inst, info)
 		}},
 	})
@@ -317,20 +432,20 @@ func checkData(inst store.Instance, sum string) error {
 
 // ensureOverlay makes the instance's overlay on the bundle's unpacked disk
 // when it has none yet.
-func ensureOverlay(ctx context.Context, o UpOptions) error {
+func ensureOverlay(ctx context.Context, o UpOptions) (created bool, err error) {
 	if _, err := os.Stat(o.Instance.Overlay()); !errors.Is(err, os.ErrNotExist) {
-		return err
+		return false, err
 	}
 	base, err := machine.BaseDisk(ctx, o.DiskCache, o.Bundle, o.Manifest)
 	if err != nil {
-		return err
+		return false, err
 	}
-	return disk.CreateOverlay(ctx, command.Exec{}, base, o.Instance.Overlay())
+	return true, disk.CreateOverlay(ctx, command.Exec{}, base, o.Instance.Overlay())
 }
 
 // writeRuntime writes the runtime config the guest reads at boot.
 func writeRuntime(inst store.Instance, o UpOptions) error {
-	rb, err := json.Marshal(proto.Runtime{Instance: inst.Name, Env: o.Env, Ports: o.Ports})
+	rb, err := json.Marshal(runtimeConfig(o))
 	if err != nil {
 		return err
 	}
@@ -338,6 +453,12 @@ func writeRuntime(inst store.Instance, o UpOptions) error {
 		return fmt.Errorf("write runtime config: %w", err)
 	}
 	return nil
+}
+
+// runtimeConfig is the per-start config the guest gets: at boot through
+// fw_cfg, on a resume in the request.
+func runtimeConfig(o UpOptions) proto.Runtime {
+	return proto.Runtime{Instance: o.Instance.Name, Env: o.Env, Ports: o.Ports}
 }
 
 // bootConfig is the instance's guest: detached, on its overlay, with its
@@ -366,25 +487,51 @@ func bootConfig(o UpOptions) machine.Config {
 // startInstance starts the instance's QEMU, detached, on its overlay, and
 // records its pid and instance.json, so that every later command finds it
 // even while it boots.
-func startInstance(ctx context.Context, o UpOptions, sum string) (*machine.VM, error) {
-	inst := o.Instance
+func startInstance(ctx context.Context, o UpOptions, sum, kind string) (*machine.VM, error) {
 	vm, err := machine.Start(ctx, bootConfig(o))
 	if err != nil {
 		return nil, err
 	}
-	info := Info{
-		Name: inst.Name, Bundle: o.Bundle, DiskSHA256: sum, Accel: string(o.Accel.Accel),
-		TimeoutScale: o.Accel.TimeoutScale, Ports: o.Ports, Connect: o.connect, Started: time.Now().UTC(), PID: vm.Proc.Pid,
-	}
-	if err := writePID(inst.PID(), vm.Proc.Pid); err != nil {
+	if err := recordStart(o, sum, vm.Proc.Pid, kind); err != nil {
 		vm.Stop(context.WithoutCancel(ctx), 5*time.Second)
-		return nil, fmt.Errorf("write pid file: %w", err)
-	}
-	if err := writeInfo(inst, info); err != nil {
-		vm.Stop(context.WithoutCancel(ctx), 5*time.Second)
-		return nil, fmt.Errorf("write instance state: %w", err)
+		return nil, err
 	}
 	return vm, nil
+}
+
+// recordStart writes the pid file and instance.json of a QEMU just started.
+func recordStart(o UpOptions, sum string, pid int, kind string) error {
+	inst := o.Instance
+	info := Info{
+		Name: inst.Name, Bundle: o.Bundle, DiskSHA256: sum, Accel: string(o.Accel.Accel),
+		TimeoutScale: o.Accel.TimeoutScale, Ports: o.Ports, Connect: o.connect, Started: time.Now().UTC(), PID: pid,
+		Start: kind, Key: o.key,
+	}
+	if err := writePID(inst.PID(), pid); err != nil {
+		return fmt.Errorf("write pid file: %w", err)
+	}
+	if err := writeInfo(inst, info); err != nil {
+		return fmt.Errorf("write instance state: %w", err)
+	}
+	return nil
+}
+
+// oneLine is err's first line.
+func oneLine(err error) string {
+	s, _, _ := strings.Cut(err.Error(), "\n")
+	return s
+}
+
+// humanBytes renders n as "83 MB".
+func humanBytes(n int64) string {
+	switch {
+	case n >= 1e9:
+		return fmt.Sprintf("%.1f GB", float64(n)/1e9)
+	case n >= 1e6:
+		return fmt.Sprintf("%.0f MB", float64(n)/1e6)
+	default:
+		return fmt.Sprintf("%d kB", n/1000)
+	}
 }
 
 // Stop shuts the instance down, each way tried only when the one before

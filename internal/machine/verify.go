@@ -59,6 +59,11 @@ type Timings struct {
 	Services time.Duration `json:"services_ns"`   // hello to every service healthy
 	Ready    time.Duration `json:"ready_ns"`      // total: start to ready
 	PowerOff time.Duration `json:"power_off_ns,omitempty"`
+	// Restore is the load of a saved state, part of Start (a resume).
+	Restore time.Duration `json:"restore_ns,omitempty"`
+	// Snapshot is the pause that saved the image's ready snapshot, after
+	// ready (the first up of an image).
+	Snapshot time.Duration `json:"snapshot_ns,omitempty"`
 }
 
 // Verify boots the bundle on a throwaway overlay, waits for the agent's

@@ -117,6 +117,18 @@ func (i Instance) Lock() string { return filepath.Join(i.Dir, "lock") }
 // Runtime is the runtime config handed to the guest through fw_cfg.
 func (i Instance) Runtime() string { return filepath.Join(i.Dir, "runtime.json") }
 
+// SavedState is the guest's memory and devices saved by a suspend
+// (emu down); it is valid only with the overlay as it was then.
+func (i Instance) SavedState() string { return filepath.Join(i.Dir, "state.zst") }
+
+// SavedMeta describes SavedState; it is written last, so a state without
+// it is incomplete.
+func (i Instance) SavedMeta() string { return filepath.Join(i.Dir, "state.json") }
+
+// SuspendFailed holds why the last suspend did not finish, for the next
+// up to say.
+func (i Instance) SuspendFailed() string { return filepath.Join(i.Dir, "suspend-failed") }
+
 // State records how the instance was started (instance.json).
 func (i Instance) State() string { return filepath.Join(i.Dir, "instance.json") }
 

@@ -1,0 +1,303 @@
+package instance
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/emu-dev/emu/internal/event"
+	"github.com/emu-dev/emu/internal/machine"
+	"github.com/emu-dev/emu/internal/qmp"
+	"github.com/emu-dev/emu/internal/store"
+)
+
+// How an up started the guest (Info.Start).
+const (
+	StartCold     = "cold"     // booted
+	StartResumed  = "resumed"  // from the instance's own saved state
+	StartTemplate = "template" // a fresh instance, from the image's ready snapshot
+)
+
+// Template file names, in TemplateDir.
+const (
+	templateState   = "state.zst"
+	templateMeta    = "state.json"
+	templateOverlay = "overlay.qcow2"
+)
+
+// TemplateDir holds the ready snapshot of the bundle disk sum: the state of
+// a guest that had just become ready, and the overlay that goes with it.
+// It lives in the disk cache entry of that disk, so it goes when the disk
+// is pruned.
+func TemplateDir(diskCache, sum string) string {
+	return filepath.Join(diskCache, sum, "template")
+}
+
+// source is a saved state an up resumes from.
+type source struct {
+	kind    string // StartResumed or StartTemplate
+	state   string
+	overlay string // a template's overlay, copied to the instance's
+}
+
+// pickSource says what up should resume from: the instance's own saved
+// state, or for an instance with no data yet, the image's ready snapshot;
+// nil to boot cold. why says, in one line, why a saved state that exists
+// is not used (it is removed then).
+func pickSource(o UpOptions, key machine.StateKey, haveOverlay bool) (src *source, why string) {
+	inst := o.Instance
+	if b, err := os.ReadFile(inst.SuspendFailed()); err == nil {
+		why = "the last suspend did not finish (" + strings.TrimSpace(string(b)) + "): booting cold"
+	}
+	_, serr := os.Stat(inst.SavedState())
+	meta, merr := machine.ReadStateMeta(inst.SavedMeta())
+	switch {
+	case serr != nil && merr != nil:
+		// No saved state.
+	case serr != nil:
+		why = "the saved state's file is missing: booting cold"
+	case merr != nil:
+		why = "the saved state is incomplete (" + merr.Error() + "): booting cold"
+	case !haveOverlay:
+		why = "the saved state has no disk to go with: booting cold"
+	default:
+		stamp, err := machine.Stamp(inst.Overlay())
+		switch m := meta.Key.Mismatch(key); {
+		case m != "":
+			why = m + ": booting cold"
+		case err != nil || !stamp.ModTime.Equal(meta.Disk.ModTime) || stamp.Size != meta.Disk.Size:
+			why = "the instance's disk changed since the state was saved: booting cold"
+		default:
+			return &source{kind: StartResumed, state: inst.SavedState()}, ""
+		}
+	}
+	if haveOverlay || o.NoTemplate || o.DiskCache == "" {
+		return nil, why
+	}
+	if t, ok := validTemplate(o.DiskCache, key); ok {
+		return t, why
+	}
+	return nil, why
+}
+
+// validTemplate is the image's ready snapshot when there is one that fits
+// key.
+func validTemplate(diskCache string, key machine.StateKey) (*source, bool) {
+	dir := TemplateDir(diskCache, key.Disk)
+	meta, err := machine.ReadStateMeta(filepath.Join(dir, templateMeta))
+	if err != nil || meta.Key.Mismatch(key) != "" {
+		return nil, false
+	}
+	stamp, err := machine.Stamp(filepath.Join(dir, templateOverlay))
+	if err != nil || stamp.Size != meta.Disk.Size || !stamp.ModTime.Equal(meta.Disk.ModTime) {
+		return nil, false
+	}
+	if _, err := os.Stat(filepath.Join(dir, templateState)); err != nil {
+		return nil, false
+	}
+	return &source{kind: StartTemplate, state: filepath.Join(dir, templateState), overlay: filepath.Join(dir, templateOverlay)}, true
+}
+
+// removeSavedState removes the instance's saved state: done by every boot
+// that is not a resume, so a state can never be restored over a disk that
+// moved on.
+func removeSavedState(inst store.Instance) error {
+	var errs []error
+	for _, p := range []string{inst.SavedMeta(), inst.SavedState(), inst.SavedState() + ".tmp", inst.SavedMeta() + ".tmp", inst.SuspendFailed()} {
+		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Suspended reports the instance's saved state, when it has a complete one.
+func Suspended(inst store.Instance) (machine.StateMeta, bool) {
+	meta, err := machine.ReadStateMeta(inst.SavedMeta())
+	if err != nil {
+		return meta, false
+	}
+	if _, err := os.Stat(inst.SavedState()); err != nil {
+		return meta, false
+	}
+	return meta, true
+}
+
+// ErrNotResumable: the instance's guest cannot be suspended (its agent
+// predates resume, or it was started by an older emu).
+var ErrNotResumable = errors.New("its guest agent cannot resume (image built by an older emu)")
+
+// Suspend saves the running instance's state (memory and devices) beside
+// its overlay and ends its QEMU: the next up resumes it. When the save
+// fails with QEMU still running, the guest runs on and the error says so:
+// the caller powers it off instead. When QEMU died during the save, the
+// guest is gone as after a power cut, and the next up boots cold and says
+// why.
+func Suspend(ctx context.Context, inst store.Instance, log *slog.Logger, sink event.Sink) (machine.StateMeta, error) {
+	say := func(msg string) {
+		if sink != nil {
+			sink.Emit(event.New(event.Log, inst.Name, msg))
+		}
+	}
+	var meta machine.StateMeta
+	pid, err := RunningPID(inst)
+	if err != nil {
+		return meta, err
+	}
+	info, err := ReadInfo(inst)
+	if err != nil {
+		return meta, fmt.Errorf("suspend %s: read instance state: %w", inst.Name, err)
+	}
+	if !info.Resumable || len(info.Key.Argv) == 0 {
+		return meta, ErrNotResumable
+	}
+	qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	c, err := qmp.Dial(qctx, inst.QMP(), qmp.WithLogger(log))
+	cancel()
+	if err != nil {
+		return meta, fmt.Errorf("suspend %s: %w", inst.Name, err)
+	}
+	defer c.Close()
+	say("saving the guest's state")
+	sctx, cancel := context.WithTimeout(ctx, accelScale(info, 5*time.Minute))
+	defer cancel()
+	saved, err := machine.SaveState(sctx, c, inst.SavedState())
+	if err != nil {
+		if _, perr := RunningPID(inst); perr == nil {
+			// Still there: run the guest on; the caller powers it off.
+			if cerr := c.Cont(context.WithoutCancel(ctx)); cerr != nil {
+				err = errors.Join(err, fmt.Errorf("run the guest again: %w", cerr))
+			}
+			return meta, fmt.Errorf("suspend %s: %w", inst.Name, err)
+		}
+		_ = os.WriteFile(inst.SuspendFailed(), []byte(err.Error()+"\n"), 0o600)
+		clearRuntime(inst)
+		return meta, fmt.Errorf("suspend %s: qemu exited during the save (%w); the guest stopped as at a power cut, and the next up boots cold", inst.Name, err)
+	}
+	// The state is on disk and QEMU has let go of the disks: end it.
+	if err := c.Quit(ctx); err != nil && log != nil {
+		log.Debug("qmp quit", "err", err)
+	}
+	if !waitExit(ctx, pid, 10*time.Second) {
+		syscall.Kill(pid, syscall.SIGKILL)
+		waitExit(ctx, pid, 5*time.Second)
+	}
+	clearRuntime(inst)
+	stamp, err := machine.Stamp(inst.Overlay())
+	if err != nil {
+		return meta, fmt.Errorf("suspend %s: %w", inst.Name, err)
+	}
+	meta = machine.StateMeta{
+		Key: info.Key, Saved: time.Now().UTC(), Size: saved.Size, RAM: saved.RAM, SaveTime: saved.Took, Disk: stamp,
+	}
+	if err := machine.WriteStateMeta(inst.SavedMeta(), meta); err != nil {
+		return meta, fmt.Errorf("suspend %s: %w", inst.Name, err)
+	}
+	return meta, nil
+}
+
+// accelScale scales d for the accelerator the instance runs under.
+func accelScale(info Info, d time.Duration) time.Duration {
+	if info.TimeoutScale > 1 {
+		return time.Duration(float64(d) * info.TimeoutScale)
+	}
+	return d
+}
+
+// captureTemplate saves the running instance, which has just become ready
+// on a fresh overlay, as its image's ready snapshot: its state, then a copy
+// of its overlay, both taken while the guest is paused; the guest then
+// runs on. The template is built in a temporary directory and renamed into
+// place whole.
+func captureTemplate(ctx context.Context, o UpOptions, key machine.StateKey) (machine.SaveInfo, error) {
+	inst := o.Instance
+	var saved machine.SaveInfo
+	dir := TemplateDir(o.DiskCache, key.Disk)
+	tmp := dir + ".tmp-" + randomSuffix()
+	if err := os.MkdirAll(tmp, 0o700); err != nil {
+		return saved, err
+	}
+	defer os.RemoveAll(tmp)
+	qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	c, err := qmp.Dial(qctx, inst.QMP(), qmp.WithLogger(o.Log))
+	cancel()
+	if err != nil {
+		return saved, err
+	}
+	defer c.Close()
+	// Whatever happens, the user's guest runs on.
+	defer func() {
+		if err := c.Cont(context.WithoutCancel(ctx)); err != nil {
+			o.Log.Warn("run the guest again after the snapshot", "err", err)
+		}
+	}()
+	saved, err = machine.SaveState(ctx, c, filepath.Join(tmp, templateState))
+	if err != nil {
+		return saved, err
+	}
+	// The migration flushed the overlay and QEMU let go of it: the copy
+	// is the disk the state goes with.
+	ov := filepath.Join(tmp, templateOverlay)
+	if err := copyFile(inst.Overlay(), ov); err != nil {
+		return saved, err
+	}
+	stamp, err := machine.Stamp(ov)
+	if err != nil {
+		return saved, err
+	}
+	meta := machine.StateMeta{Key: key, Saved: time.Now().UTC(), Size: saved.Size, RAM: saved.RAM, SaveTime: saved.Took, Disk: stamp}
+	if err := machine.WriteStateMeta(filepath.Join(tmp, templateMeta), meta); err != nil {
+		return saved, err
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		return saved, err
+	}
+	if err := os.Rename(tmp, dir); err != nil {
+		return saved, err
+	}
+	return saved, nil
+}
+
+// copyFile copies src to dst through a temporary name, synced, mode 0600.
+func copyFile(src, dst string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	tmp := dst + ".tmp"
+	out, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = io.Copy(out, in)
+	if err == nil {
+		err = out.Sync()
+	}
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, dst)
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("copy %s to %s: %w", src, dst, err)
+	}
+	return nil
+}
+
+func randomSuffix() string {
+	b := make([]byte, 4)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
