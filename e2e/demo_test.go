@@ -153,16 +153,18 @@ func lifecycle(ctx context.Context, t *testing.T, home, bundleDir string) {
 		return append(append([]string{"up", bundleDir}, portFlags...), extra...)
 	}
 	base := "http://127.0.0.1:" + strconv.Itoa(port)
-	up := func(t *testing.T, extra ...string) {
+	up := func(t *testing.T, extra ...string) string {
 		t.Helper()
 		_, stderr, code := run(ctx, upArgs(extra...)...)
 		if code != 0 {
 			t.Fatalf("emu up exited %d:\n%s", code, stderr)
 		}
+		t.Logf("up: %s", firstLine(stderr, "is ready in"))
+		return stderr
 	}
-	down := func(t *testing.T) {
+	down := func(t *testing.T, extra ...string) {
 		t.Helper()
-		_, stderr, code := run(ctx, "down", bundleDir)
+		_, stderr, code := run(ctx, append([]string{"down", bundleDir}, extra...)...)
 		if code != 0 {
 			t.Fatalf("emu down exited %d:\n%s", code, stderr)
 		}
@@ -171,7 +173,10 @@ func lifecycle(ctx context.Context, t *testing.T, home, bundleDir string) {
 		}
 	}
 
-	up(t)
+	// The first up of the image saves its ready snapshot.
+	if stderr := up(t); !strings.Contains(stderr, "ready snapshot saved") {
+		t.Errorf("the first up saved no ready snapshot:\n%s", stderr)
+	}
 	if code := httpStatus(t, "GET", base+"/health", ""); code != 200 {
 		t.Fatalf("GET /health = %d after up", code)
 	}
@@ -193,13 +198,32 @@ func lifecycle(ctx context.Context, t *testing.T, home, bundleDir string) {
 	if n := len(qemuPids(mark)); n != 1 {
 		t.Errorf("%d qemu processes after a second up, want 1", n)
 	}
+	// down suspends, up resumes: the same PostgreSQL process (its start
+	// time lives only in its memory), the item there.
+	pgStart := postmasterStart(ctx, t, bundleDir)
 	down(t)
+	if out, _, code := run(ctx, "status", bundleDir); code != 0 || !strings.Contains(out, "suspended") {
+		t.Errorf("status after down: exit %d: %s", code, out)
+	}
+	if stderr := up(t); !strings.Contains(stderr, "resumed") {
+		t.Errorf("up after down did not resume:\n%s", stderr)
+	}
+	if got := postmasterStart(ctx, t, bundleDir); got != pgStart {
+		t.Errorf("postgres started at %s after the resume, %s before: the guest was booted, not resumed", got, pgStart)
+	}
+	if body := httpBody(t, base+"/items"); !strings.Contains(body, "kept-across-restarts") {
+		t.Errorf("item lost across a suspend: %s", body)
+	}
+
+	down(t, "--poweroff")
 	// The guest stopped cleanly: PostgreSQL shut down, no recovery needed.
 	if b, _ := os.ReadFile(inst.Serial()); !strings.Contains(string(b), "Power down") && !strings.Contains(string(b), "reboot: Power down") {
 		t.Errorf("the console does not show a clean power-down")
 	}
 
-	up(t)
+	if stderr := up(t); strings.Contains(stderr, "resumed") {
+		t.Errorf("up after down --poweroff resumed:\n%s", stderr)
+	}
 	if body := httpBody(t, base+"/items"); !strings.Contains(body, "kept-across-restarts") {
 		t.Errorf("item lost across down/up: %s", body)
 	}
@@ -238,10 +262,14 @@ func lifecycle(ctx context.Context, t *testing.T, home, bundleDir string) {
 		t.Errorf("qemu started although the port was taken")
 	}
 
-	// A service that never becomes healthy: named, with its last probe.
+	// A new env value on a resume reaches the service (it restarts): here
+	// one that makes it unhealthy, which is named with its last probe.
 	_, stderr, code = run(ctx, upArgs("-e", "VALKEY_ADDR=127.0.0.1:1")...)
 	if code == 0 || !strings.Contains(stderr, "service api") || !strings.Contains(stderr, "503") {
 		t.Errorf("up with an unhealthy api: exit %d:\n%s", code, stderr)
+	}
+	if strings.Contains(stderr, "booting cold") {
+		t.Errorf("a resume whose service failed booted cold again:\n%s", stderr)
 	}
 	if pids := qemuPids(mark); len(pids) > 0 {
 		t.Errorf("qemu left running after a failed up: %v", pids)
@@ -254,7 +282,10 @@ func lifecycle(ctx context.Context, t *testing.T, home, bundleDir string) {
 	if _, err := os.Stat(inst.Overlay()); err == nil {
 		t.Errorf("overlay kept after reset")
 	}
-	up(t)
+	// A fresh instance starts from the image's ready snapshot.
+	if stderr := up(t); !strings.Contains(stderr, "ready snapshot") {
+		t.Errorf("up after reset did not start from the ready snapshot:\n%s", stderr)
+	}
 	if body := httpBody(t, base+"/items"); strings.Contains(body, "kept-across-restarts") || !strings.Contains(body, "apple") {
 		t.Errorf("after reset want only the seed rows: %s", body)
 	}
@@ -294,6 +325,38 @@ func databases(ctx context.Context, t *testing.T, bundleDir string) {
 	if err != nil || reply != "+PONG\r\n" {
 		t.Errorf("PING through the forward: %q, %v", reply, err)
 	}
+}
+
+// postmasterStart is PostgreSQL's start time, which only its memory holds.
+func postmasterStart(ctx context.Context, t *testing.T, bundleDir string) string {
+	t.Helper()
+	out, stderr, code := run(ctx, "env", "--json", bundleDir)
+	var env map[string]string
+	if code != 0 || json.Unmarshal([]byte(out), &env) != nil {
+		t.Fatalf("emu env --json: exit %d: %s%s", code, out, stderr)
+	}
+	qctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	conn, err := pgx.Connect(qctx, env["DATABASE_URL"])
+	if err != nil {
+		t.Fatalf("pgx connect %s: %v", env["DATABASE_URL"], err)
+	}
+	defer conn.Close(context.Background())
+	var at time.Time
+	if err := conn.QueryRow(qctx, "SELECT pg_postmaster_start_time()").Scan(&at); err != nil {
+		t.Fatalf("SELECT pg_postmaster_start_time(): %v", err)
+	}
+	return at.UTC().Format(time.RFC3339Nano)
+}
+
+// firstLine is the first line of s that holds sub.
+func firstLine(s, sub string) string {
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			return l
+		}
+	}
+	return ""
 }
 
 func freePort(t *testing.T) int {

@@ -29,7 +29,7 @@ func (l *listFlag) String() string     { return strings.Join(*l, ",") }
 func (l *listFlag) Set(v string) error { *l = append(*l, v); return nil }
 
 func runUp(ctx context.Context, e *env, args []string) error {
-	var jsonOut, noBuild *bool
+	var jsonOut, noBuild, cold *bool
 	var accelFlag *string
 	var timeout *time.Duration
 	var portFlags, envFlags listFlag
@@ -38,6 +38,7 @@ func runUp(ctx context.Context, e *env, args []string) error {
 		accelFlag = fs.String("accel", "", "accelerator: kvm, hvf or tcg (default: probe)")
 		timeout = fs.Duration("timeout", 0, "bound the wait for every service healthy (default 3m, scaled under tcg)")
 		noBuild = fs.Bool("no-build", false, "run the image as it is, even when the stack file changed since it was built")
+		cold = fs.Bool("cold", false, "boot the guest: discard a suspended state (as a power cut would) and do not start from the image's ready snapshot")
 		fs.Var(&portFlags, "port", "host port for a service's port: `SERVICE.NAME=PORT` (repeatable; also EMU_PORT_SERVICE_NAME)")
 		fs.Var(&envFlags, "e", "environment for the stack's services: `KEY=VALUE` (repeatable)")
 	})
@@ -96,7 +97,7 @@ func runUp(ctx context.Context, e *env, args []string) error {
 	start := time.Now()
 	info, err := instance.Up(ctx, instance.UpOptions{
 		Instance: inst, DiskCache: home.DiskCache(), Bundle: t.bundle, Manifest: man, Accel: choice, Ports: mports,
-		Env: env, Connect: connectTemplates(t, man), Timeout: *timeout, Sink: view, Log: e.log,
+		Env: env, Connect: connectTemplates(t, man), Timeout: *timeout, Sink: view, Log: e.log, Cold: *cold,
 	})
 	view.Close()
 	if err != nil {
@@ -106,9 +107,20 @@ func runUp(ctx context.Context, e *env, args []string) error {
 		return nil
 	}
 	tm := info.Timings
-	fmt.Fprintf(e.stderr, "%s is ready in %s (qemu start %s, boot to agent %s, services %s, emu %s; %s, pid %d)\n",
-		t.name, progress.Dur(time.Since(start)), progress.Dur(tm.Start), progress.Dur(tm.Hello), progress.Dur(tm.Services),
-		progress.Dur(time.Since(start)-tm.Ready), info.Accel, info.PID)
+	switch info.Start {
+	case instance.StartResumed, instance.StartTemplate:
+		how := "resumed"
+		if info.Start == instance.StartTemplate {
+			how = "started from the image's ready snapshot"
+		}
+		fmt.Fprintf(e.stderr, "%s is ready in %s, %s (qemu start %s, restore %s, agent %s, services %s, emu %s; %s, pid %d)\n",
+			t.name, progress.Dur(time.Since(start)), how, progress.Dur(tm.Start-tm.Restore), progress.Dur(tm.Restore),
+			progress.Dur(tm.Hello), progress.Dur(tm.Services), progress.Dur(time.Since(start)-tm.Ready), info.Accel, info.PID)
+	default:
+		fmt.Fprintf(e.stderr, "%s is ready in %s (qemu start %s, boot to agent %s, services %s, emu %s; %s, pid %d)\n",
+			t.name, progress.Dur(time.Since(start)), progress.Dur(tm.Start), progress.Dur(tm.Hello), progress.Dur(tm.Services),
+			progress.Dur(time.Since(start)-tm.Ready-tm.Snapshot), info.Accel, info.PID)
+	}
 	writeTable(e.stdout, info.Ports, view.Status().Services)
 	if len(info.Connect) > 0 {
 		fmt.Fprintln(e.stdout)

@@ -169,6 +169,9 @@ type UpOptions struct {
 	// NoTemplate neither starts a fresh instance from the image's ready
 	// snapshot nor saves one.
 	NoTemplate bool
+	// Cold boots the guest: a saved state is discarded, the ready
+	// snapshot not used.
+	Cold bool
 
 	connect map[string]string // Connect rendered
 	key     machine.StateKey  // what a state of this start depends on
@@ -350,6 +353,12 @@ func Up(ctx context.Context, o UpOptions) (Info, error) {
 				}
 				err := resume(ctx)
 				if err == nil || ctx.Err() != nil {
+					return err
+				}
+				// A guest that resumed and answered failed for a reason of
+				// its own (a service unhealthy): that is the error.
+				var re *machine.RestoreError
+				if !errors.As(err, &re) && sess.Status().Hello != nil {
 					return err
 				}
 				// A state that does not restore costs a cold boot, never

@@ -55,6 +55,12 @@ type source struct {
 // is not used (it is removed then).
 func pickSource(o UpOptions, key machine.StateKey, haveOverlay bool) (src *source, why string) {
 	inst := o.Instance
+	if o.Cold {
+		if _, ok := Suspended(inst); ok {
+			return nil, "--cold: discarding the saved state; the guest boots as after a power cut"
+		}
+		return nil, ""
+	}
 	if b, err := os.ReadFile(inst.SuspendFailed()); err == nil {
 		why = "the last suspend did not finish (" + strings.TrimSpace(string(b)) + "): booting cold"
 	}

@@ -59,7 +59,7 @@ func Key(ctx context.Context, cfg Config, disk string) (StateKey, error) {
 	n.Incoming = false
 	n.Forwards = slices.Clone(cfg.Forwards)
 	for i := range n.Forwards {
-		n.Forwards[i].Host = 1
+		n.Forwards[i].Host = 1 + i
 	}
 	n.FWCfg = slices.Clone(cfg.FWCfg)
 	for i := range n.FWCfg {
