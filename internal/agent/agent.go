@@ -56,6 +56,9 @@ type Options struct {
 	// OptimizeDir. Tests point it at a temp dir.
 	OptimizeDir string
 	Version     string
+	// WatchInterval is how often healthy services are probed again;
+	// default 5 s.
+	WatchInterval time.Duration
 }
 
 // Agent is one running agent.
@@ -78,6 +81,9 @@ type Agent struct {
 	// poked each time the writer takes an event (emitWait).
 	execs map[string]*execRun
 	room  chan struct{}
+	// probing is held by a resume for its whole run and by each round of
+	// watch, which skips a round while a resume runs.
+	probing sync.Mutex
 }
 
 // outBuffer bounds the events queued for the host; when the host is not

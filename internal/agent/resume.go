@@ -18,6 +18,8 @@ import (
 // did not. The answer reads like a boot's: hello, the services' health,
 // ready, each carrying the request's ID.
 func (a *Agent) resume(ctx context.Context, req proto.Request) {
+	a.probing.Lock()
+	defer a.probing.Unlock()
 	var notes []string
 	if !req.Time.IsZero() && a.opts.SetClock != nil {
 		if err := a.opts.SetClock(req.Time); err != nil {

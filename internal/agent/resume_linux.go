@@ -38,9 +38,17 @@ func AddEntropy(b []byte) error {
 	if errno != 0 {
 		return fmt.Errorf("reseed the random pool: RNDADDENTROPY: %w", errno)
 	}
+	// The entropy only reaches the kernel's generator at its next reseed,
+	// up to a minute away: reseed now (Linux 4.17 and later).
+	if _, _, errno := unix.Syscall(unix.SYS_IOCTL, f.Fd(), rndReseedCRNG, 0); errno != 0 {
+		return fmt.Errorf("reseed the random pool: RNDRESEEDCRNG: %w", errno)
+	}
 	return nil
 }
 
 // rndAddEntropy is RNDADDENTROPY, _IOW('R', 0x03, int[2]); x/sys/unix
 // names it only for some architectures.
 const rndAddEntropy = 1<<30 | 8<<16 | 'R'<<8 | 0x03
+
+// rndReseedCRNG is RNDRESEEDCRNG, _IO('R', 0x07).
+const rndReseedCRNG = 'R'<<8 | 0x07

@@ -4,6 +4,7 @@ import (
 	"context"
 	"net"
 	"slices"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -114,5 +115,85 @@ func TestResumeReportsAServiceThatDidNotSurvive(t *testing.T) {
 	failed := h.next(event.Failed, "db")
 	if failed.Fields[proto.FieldReq] != "r3" {
 		t.Errorf("failed = %v, want req r3", failed.Fields)
+	}
+}
+
+// restartingSystem serves one TCP health port: Stop closes its listener,
+// Start opens it again after a while, as a real service takes time to
+// come back.
+type restartingSystem struct {
+	fakeSystem
+	port  int
+	delay time.Duration
+	mu2   sync.Mutex
+	ln    net.Listener
+}
+
+func (r *restartingSystem) Start(ctx context.Context, unit string) error {
+	r.record("start " + unit)
+	go func() {
+		time.Sleep(r.delay)
+		ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(r.port)))
+		if err != nil {
+			return
+		}
+		r.mu2.Lock()
+		r.ln = ln
+		r.mu2.Unlock()
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				c.Close()
+			}
+		}()
+	}()
+	return nil
+}
+
+func (r *restartingSystem) Stop(ctx context.Context, unit string) error {
+	r.record("stop " + unit)
+	r.mu2.Lock()
+	defer r.mu2.Unlock()
+	if r.ln != nil {
+		r.ln.Close()
+		r.ln = nil
+	}
+	return nil
+}
+
+func (r *restartingSystem) close() { r.Stop(context.Background(), "") }
+
+// TestResumeRestartIsNotReportedUnhealthy: while a resume restarts a
+// service, the periodic health watch must not report it (the host would
+// fail the start on that service.unhealthy).
+func TestResumeRestartIsNotReportedUnhealthy(t *testing.T) {
+	sys := &restartingSystem{port: closedPort(t), delay: 400 * time.Millisecond}
+	t.Cleanup(sys.close)
+	hooks := &resumeHooks{changed: true}
+	opts := Options{
+		Config: proto.Config{Stack: "demo", Services: []proto.Service{
+			{Name: "api", Unit: "emu-api.service", Health: proto.Health{TCP: sys.port, Timeout: 10 * time.Second}, RuntimeEnv: true},
+		}},
+		System: sys, WatchInterval: 20 * time.Millisecond,
+	}
+	hooks.options(&opts)
+	h := startAgent(t, opts)
+	h.next(event.Ready, "")
+	// Let the watch run a few rounds on the healthy service first.
+	time.Sleep(100 * time.Millisecond)
+	h.send(proto.Request{Op: proto.OpResume, ID: "r4", Runtime: &proto.Runtime{Instance: "demo"}})
+	h.next(event.Hello, "")
+	from := len(h.got)
+	ready := h.next(event.Ready, "")
+	if ready.Fields[proto.FieldReq] != "r4" {
+		t.Fatalf("ready = %v", ready.Fields)
+	}
+	for _, e := range h.got[from:] {
+		if e.Kind == event.ServiceUnhealthy {
+			t.Errorf("service reported unhealthy while the resume restarted it:\n%s", dump(h.got))
+		}
 	}
 }

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -216,7 +217,7 @@ func healthEvent(kind event.Kind, s proto.Service, msg string) event.Event {
 
 // watch re-probes healthy services and reports changes until ctx ends.
 func (a *Agent) watch(ctx context.Context) {
-	tick := time.NewTicker(5 * time.Second)
+	tick := time.NewTicker(cmp.Or(a.opts.WatchInterval, 5*time.Second))
 	defer tick.Stop()
 	up := map[string]bool{}
 	for _, s := range a.opts.Config.Services {
@@ -228,23 +229,38 @@ func (a *Agent) watch(ctx context.Context) {
 			return
 		case <-tick.C:
 		}
-		for _, s := range a.opts.Config.Services {
-			pctx, cancel := context.WithTimeout(ctx, probeTimeout(s.Health)+time.Second)
-			err := probe(pctx, s.Health)
-			cancel()
-			if ctx.Err() != nil {
-				return
-			}
-			switch {
-			case err == nil && !up[s.Name]:
-				up[s.Name] = true
-				a.emit(healthEvent(event.ServiceHealthy, s, "ok"))
-			case err != nil && up[s.Name]:
-				up[s.Name] = false
-				a.emit(healthEvent(event.ServiceUnhealthy, s, err.Error()))
-			}
+		if !a.watchRound(ctx, up) {
+			return
 		}
 	}
+}
+
+// watchRound probes every service once and reports the changes; false when
+// ctx ended. A resume probes and restarts the services itself: a round is
+// skipped while one runs, since it would report a service being restarted
+// as unhealthy.
+func (a *Agent) watchRound(ctx context.Context, up map[string]bool) bool {
+	if !a.probing.TryLock() {
+		return true
+	}
+	defer a.probing.Unlock()
+	for _, s := range a.opts.Config.Services {
+		pctx, cancel := context.WithTimeout(ctx, probeTimeout(s.Health)+time.Second)
+		err := probe(pctx, s.Health)
+		cancel()
+		if ctx.Err() != nil {
+			return false
+		}
+		switch {
+		case err == nil && !up[s.Name]:
+			up[s.Name] = true
+			a.emit(healthEvent(event.ServiceHealthy, s, "ok"))
+		case err != nil && up[s.Name]:
+			up[s.Name] = false
+			a.emit(healthEvent(event.ServiceUnhealthy, s, err.Error()))
+		}
+	}
+	return true
 }
 
 // stopServices stops services in reverse start order.

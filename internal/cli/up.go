@@ -60,6 +60,11 @@ func runUp(ctx context.Context, e *env, args []string) error {
 	}
 	defer release()
 	if pid, err := instance.RunningPID(inst); err == nil {
+		if was, err := instance.Unpause(ctx, inst); was {
+			fmt.Fprintf(e.stderr, "%s was paused by an interrupted suspend: running it again\n", t.name)
+		} else if err != nil {
+			e.log.Debug("check whether the guest is paused", "err", err)
+		}
 		fmt.Fprintf(e.stderr, "%s is already running (pid %d)\n", t.name, pid)
 		rep := report(ctx, home, t.name)
 		return writeReports(e, []instanceReport{rep}, *jsonOut)

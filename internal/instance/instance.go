@@ -298,6 +298,9 @@ func Up(ctx context.Context, o UpOptions) (Info, error) {
 			restore = load
 			return g, err
 		})
+		// A resumed agent answers at once: one that does not is not
+		// waited for as long as a boot, the cold boot after is.
+		sess.HelloTimeout = min(sess.HelloTimeout, machine.ResumeHelloTimeout)
 		return sess.Run(ctx)
 	}
 	err := runSteps(ctx, o.Log, []step{
@@ -366,7 +369,10 @@ func Up(ctx context.Context, o UpOptions) (Info, error) {
 				// as a failed start is.
 				say("could not resume (" + oneLine(err) + "): booting cold")
 				if src.kind == StartTemplate {
-					// A fresh instance: its data is the template's copy.
+					// A snapshot that does not restore is of no use to
+					// anyone: this start saves a new one. The instance is
+					// fresh: its data is the template's copy.
+					os.RemoveAll(filepath.Dir(src.state))
 					os.Remove(inst.Overlay())
 					if _, err := ensureOverlay(ctx, o); err != nil {
 						return err

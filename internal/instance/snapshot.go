@@ -173,6 +173,11 @@ func Suspend(ctx context.Context, inst store.Instance, log *slog.Logger, sink ev
 		return meta, fmt.Errorf("suspend %s: %w", inst.Name, err)
 	}
 	defer c.Close()
+	// A suspend interrupted before (emu killed) may have left the guest
+	// paused, its disks let go of: take them back first.
+	if _, err := unpause(ctx, c); err != nil {
+		return meta, fmt.Errorf("suspend %s: %w", inst.Name, err)
+	}
 	say("saving the guest's state")
 	sctx, cancel := context.WithTimeout(ctx, accelScale(info, 5*time.Minute))
 	defer cancel()
@@ -209,6 +214,36 @@ func Suspend(ctx context.Context, inst store.Instance, log *slog.Logger, sink ev
 		return meta, fmt.Errorf("suspend %s: %w", inst.Name, err)
 	}
 	return meta, nil
+}
+
+// Unpause runs the guest again when an interrupted suspend left it paused
+// (emu killed during the save). It reports whether it had to.
+func Unpause(ctx context.Context, inst store.Instance) (bool, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	c, err := qmp.Dial(ctx, inst.QMP())
+	if err != nil {
+		return false, err
+	}
+	defer c.Close()
+	return unpause(ctx, c)
+}
+
+func unpause(ctx context.Context, c *qmp.Client) (bool, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	st, err := c.Status(ctx)
+	if err != nil || st.Running {
+		return false, err
+	}
+	switch st.Status {
+	case "paused", "postmigrate", "finish-migrate":
+		if err := c.Cont(ctx); err != nil {
+			return false, fmt.Errorf("the guest is %s and does not run again: %w", st.Status, err)
+		}
+		return true, nil
+	}
+	return false, nil
 }
 
 // accelScale scales d for the accelerator the instance runs under.

@@ -16,6 +16,7 @@ import (
 	"github.com/emu-dev/emu/internal/event"
 	"github.com/emu-dev/emu/internal/instance"
 	"github.com/emu-dev/emu/internal/machine"
+	"github.com/emu-dev/emu/internal/qmp"
 	"github.com/emu-dev/emu/internal/store"
 )
 
@@ -185,11 +186,37 @@ func TestVMSuspendResume(t *testing.T) {
 	if info.Start != instance.StartTemplate {
 		t.Errorf("up after reset: start %q, want template", info.Start)
 	}
-	if got := guestRun(t, inst, "cat /proc/sys/kernel/random/boot_id"); got != boot {
-		t.Errorf("boot ID %s from the template, want the snapshot's %s", got, boot)
+	// The kernel did not boot: the console has no boot messages.
+	if b, _ := os.ReadFile(inst.Serial()); strings.Contains(string(b), "Linux version") {
+		t.Errorf("the guest booted instead of starting from the ready snapshot:\n%s", b)
+	}
+	// Its random generator was reseeded: a new boot ID (made at its first
+	// read, which the snapshot predates), unlike the first instance's.
+	if got := guestRun(t, inst, "cat /proc/sys/kernel/random/boot_id"); got == boot {
+		t.Errorf("boot ID %s from the template is the first instance's: the random generator was not reseeded", got)
 	}
 	if out := guestRun(t, inst, "cat /root/item 2>/dev/null || echo none"); out != "none" {
 		t.Errorf("a fresh instance has the old instance's data: %q", out)
+	}
+
+	// emu killed after a save finished: the guest is left paused, its
+	// disks let go of. The next up runs it again, and a suspend works.
+	c, err := qmp.Dial(ctx, inst.QMP())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := machine.SaveState(ctx, c, filepath.Join(t.TempDir(), "state.zst")); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	if was, err := instance.Unpause(ctx, inst); !was || err != nil {
+		t.Errorf("Unpause of a guest left paused = %v, %v", was, err)
+	}
+	guestRun(t, inst, "echo again > /root/again && sync")
+	suspend()
+	info, _ = up()
+	if info.Start != instance.StartResumed || guestRun(t, inst, "cat /root/again") != "again" {
+		t.Errorf("after an interrupted suspend: start %q", info.Start)
 	}
 	if err := instance.Stop(ctx, inst, nil, nil); err != nil {
 		t.Fatal(err)

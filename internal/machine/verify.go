@@ -45,6 +45,10 @@ type VerifyOptions struct {
 const (
 	// HelloTimeout: QEMU's start to the agent's hello.
 	HelloTimeout = 45 * time.Second
+	// ResumeHelloTimeout: a resumed guest's QEMU start to the agent's
+	// answer, the state's load included; not scaled (the load is most of
+	// it, and a second under TCG).
+	ResumeHelloTimeout = 30 * time.Second
 	// ReadyTimeout: QEMU's start to every service healthy.
 	ReadyTimeout = 3 * time.Minute
 	// PowerOffTimeout: the agent's done or a shutdown request to QEMU's
