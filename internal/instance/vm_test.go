@@ -28,10 +28,16 @@ var tcg = accel.Choice{Accel: qemu.TCG, TimeoutScale: accel.TCGTimeoutScale}
 // ready as soon as it is up).
 func tinyBundle(t *testing.T, home store.Home) string {
 	t.Helper()
+	return tinyBundleNamed(t, home, "tinyrun")
+}
+
+// tinyBundleNamed builds the tiny guest as the stack name.
+func tinyBundleNamed(t *testing.T, home store.Home, name string) string {
+	t.Helper()
 	vmtest.Skip(t)
 	dir := t.TempDir()
 	path := filepath.Join(dir, "emu.yaml")
-	os.WriteFile(path, []byte("name: tinyrun\nbase: {suite: trixie}\nvm: {cpus: 1, memory: 256MiB, disk: 1GiB}\n"+
+	os.WriteFile(path, []byte("name: "+name+"\nbase: {suite: trixie}\nvm: {cpus: 1, memory: 256MiB, disk: 1GiB}\n"+
 		"bake:\n  - name: mark\n    run: [/bin/sh, -c, \"echo baked > /root/marker\"]\n"), 0o644)
 	s, err := spec.Load(path)
 	if err != nil {
