@@ -93,6 +93,7 @@ func TestDemoBuildAndVerify(t *testing.T) {
 	}
 
 	t.Run("lifecycle", func(t *testing.T) { lifecycle(ctx, t, home, dir) })
+	t.Run("durability", func(t *testing.T) { durability(ctx, t, home, dir) })
 }
 
 // needDebian skips (fails in CI) without what a Debian build needs, and

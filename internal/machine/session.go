@@ -228,12 +228,21 @@ func follow(ctx context.Context, g Guest, timer <-chan time.Time, handle func(ev
 // await follows one boot to its verdict.
 func (s *Session) await(ctx context.Context, g Guest, begin time.Time) error {
 	var hello <-chan time.Time
+	var timer *time.Timer
 	if s.HelloTimeout > 0 {
-		t := time.NewTimer(s.HelloTimeout)
-		defer t.Stop()
-		hello = t.C
+		timer = time.NewTimer(s.HelloTimeout)
+		defer timer.Stop()
+		hello = timer.C
 	}
-	end, err := follow(ctx, g, hello, func(e event.Event) (bool, error) { return s.handle(g, e, begin) })
+	end, err := follow(ctx, g, hello, func(e event.Event) (bool, error) {
+		if e.Kind == event.Hello && timer != nil {
+			// The deadline is the boot's to the agent, not the
+			// services' after it (Timeout bounds those). Since Go 1.23
+			// a stopped timer's channel delivers nothing.
+			timer.Stop()
+		}
+		return s.handle(g, e, begin)
+	})
 	switch end {
 	case endEvent:
 		return err

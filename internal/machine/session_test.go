@@ -167,6 +167,22 @@ func TestSessionHelloTimeout(t *testing.T) {
 	}
 }
 
+// TestSessionHelloTimeoutEndsAtHello: the hello deadline bounds the boot
+// to the agent, not the services after it.
+func TestSessionHelloTimeoutEndsAtHello(t *testing.T) {
+	g := newFake(t, "")
+	s, _, _ := session(event.Ready, g)
+	s.HelloTimeout = 50 * time.Millisecond
+	g.send(ev(event.Hello, "demo", "agent up"))
+	go func() {
+		time.Sleep(200 * time.Millisecond)
+		g.send(ev(event.ServiceHealthy, "api", ""), ev(event.Ready, "", ""))
+	}()
+	if err := s.Run(context.Background()); err != nil {
+		t.Fatalf("Run with services slower than the hello deadline: %v", err)
+	}
+}
+
 func TestSessionCrashBeforeHelloBootsAgain(t *testing.T) {
 	crashed := newFake(t, panicConsole)
 	crashed.exit()
