@@ -787,3 +787,26 @@ func BenchmarkVMStepAck(b *testing.B) {
 	b.ReportMetric(float64(med(runs).Microseconds())/1000, "step-ms-p50")
 	b.ReportMetric(float64(med(acks))/float64(med(runs)), "ack/step")
 }
+
+// TestVMOutputDiskFull: the output directory's filesystem is too small for
+// the bundle. The build fails naming the path and the lack of space,
+// leaves nothing in the output directory, and the previous bundle stays.
+func TestVMOutputDiskFull(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to mount a small tmpfs")
+	}
+	e := newEnv(t, tinyStack(t, "tiny-full", "  - name: x\n    run: [/bin/true]\n"))
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", e.out).CombinedOutput(); err != nil {
+		t.Skipf("mount a small tmpfs: %v: %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("umount", "-l", e.out).Run() })
+	e.previous(t)
+	_, err := build.Build(context.Background(), e.opts)
+	if err == nil {
+		t.Fatal("a build into a full filesystem succeeded")
+	}
+	if !strings.Contains(err.Error(), e.out) || !strings.Contains(err.Error(), "no space left on device") {
+		t.Errorf("error = %v, want the output path and \"no space left on device\"", err)
+	}
+	e.checkAftermath(t, true)
+}

@@ -67,6 +67,10 @@ func report(ctx context.Context, home store.Home, name string) instanceReport {
 	}
 	if st, err := instance.QEMUStatus(ctx, inst.QMP()); err == nil {
 		r.QEMU = st
+		if st == "io-error" {
+			r.Problem = instance.DiskFull(inst)
+			return r // the agent cannot answer a paused guest
+		}
 	} else {
 		r.Problem = "qmp: " + err.Error()
 	}

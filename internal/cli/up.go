@@ -60,7 +60,13 @@ func runUp(ctx context.Context, e *env, args []string) error {
 	}
 	defer release()
 	if pid, err := instance.RunningPID(inst); err == nil {
-		if was, err := instance.Unpause(ctx, inst); was {
+		full := false
+		if st, err := instance.QEMUStatus(ctx, inst.QMP()); err == nil && st == "io-error" {
+			full = true
+		}
+		if was, err := instance.Unpause(ctx, inst); was && full {
+			fmt.Fprintf(e.stderr, "%s was paused: its disk found the host filesystem full; retrying its writes\n", t.name)
+		} else if was {
 			fmt.Fprintf(e.stderr, "%s was paused by an interrupted suspend: running it again\n", t.name)
 		} else if err != nil {
 			e.log.Debug("check whether the guest is paused", "err", err)

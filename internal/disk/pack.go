@@ -12,6 +12,7 @@ import (
 	"path"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -43,7 +44,7 @@ func Pack(ctx context.Context, raw, dst string, level int) error {
 	tarCmd := exec.CommandContext(ctx, "tar", "--sparse", "--numeric-owner", "-C", filepath.Dir(raw), "-cf", "-", "--transform", "s,^"+filepath.Base(raw)+"$,"+PackedName+",", filepath.Base(raw))
 	zCmd := exec.CommandContext(ctx, "zstd", "-q", "-T0", "-"+strconv.Itoa(level), zstdWindow, "-o", tmp, "-f")
 	if err := pipe(tarCmd, zCmd); err != nil {
-		return fmt.Errorf("pack disk %s: %w", raw, err)
+		return fmt.Errorf("pack disk %s into %s: %w", raw, dst, noSpace(err, filepath.Dir(dst)))
 	}
 	if err := SyncFile(tmp); err != nil {
 		return err
@@ -272,3 +273,18 @@ func (t *tailBuffer) Write(p []byte) (int, error) {
 func (t *tailBuffer) String() string { return string(t.b) }
 
 var _ io.Writer = (*tailBuffer)(nil)
+
+// noSpace names a full filesystem plainly: a tool's message for it comes
+// in its own words and case ("Write error : cannot write block : No space
+// left on device").
+func noSpace(err error, dir string) error {
+	if errors.Is(err, syscall.ENOSPC) || strings.Contains(strings.ToLower(err.Error()), "no space left on device") {
+		var st syscall.Statfs_t
+		free := ""
+		if syscall.Statfs(dir, &st) == nil {
+			free = fmt.Sprintf(", %d MiB free", int64(st.Bavail)*int64(st.Bsize)>>20)
+		}
+		return fmt.Errorf("no space left on device in %s%s: %w", dir, free, err)
+	}
+	return err
+}

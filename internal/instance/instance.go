@@ -483,10 +483,12 @@ func bootConfig(o UpOptions) machine.Config {
 	inst := o.Instance
 	return machine.Config{
 		Name: "emu-" + inst.Name, Arch: o.Manifest.Arch, VM: o.Manifest.VM, Accel: o.Accel,
-		Kernel:      filepath.Join(o.Bundle, store.BundleKernel),
-		Initrd:      filepath.Join(o.Bundle, store.BundleInitrd),
-		Cmdline:     o.Manifest.Cmdline,
-		Drive:       qemu.Drive{Path: inst.Overlay(), Format: "qcow2", Discard: true},
+		Kernel:  filepath.Join(o.Bundle, store.BundleKernel),
+		Initrd:  filepath.Join(o.Bundle, store.BundleInitrd),
+		Cmdline: o.Manifest.Cmdline,
+		// A full host filesystem pauses the guest: its writes wait, none
+		// is lost (Paused says why; Unpause retries them).
+		Drive:       qemu.Drive{Path: inst.Overlay(), Format: "qcow2", Discard: true, PauseWhenFull: true},
 		Serial:      inst.Serial(),
 		Output:      inst.QEMULog(),
 		AgentSocket: inst.Agent(),

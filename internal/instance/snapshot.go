@@ -216,8 +216,10 @@ func Suspend(ctx context.Context, inst store.Instance, log *slog.Logger, sink ev
 	return meta, nil
 }
 
-// Unpause runs the guest again when an interrupted suspend left it paused
-// (emu killed during the save). It reports whether it had to.
+// Unpause runs the guest again when it is paused: by an interrupted
+// suspend (emu killed during the save), or by a write that found the
+// host's filesystem full (its writes are retried). It reports whether it
+// had to.
 func Unpause(ctx context.Context, inst store.Instance) (bool, error) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
@@ -237,7 +239,7 @@ func unpause(ctx context.Context, c *qmp.Client) (bool, error) {
 		return false, err
 	}
 	switch st.Status {
-	case "paused", "postmigrate", "finish-migrate":
+	case "paused", "postmigrate", "finish-migrate", "io-error":
 		if err := c.Cont(ctx); err != nil {
 			return false, fmt.Errorf("the guest is %s and does not run again: %w", st.Status, err)
 		}
@@ -341,4 +343,16 @@ func randomSuffix() string {
 	b := make([]byte, 4)
 	_, _ = rand.Read(b)
 	return hex.EncodeToString(b)
+}
+
+// DiskFull explains a guest QEMU paused on a write error ("io-error"): the
+// overlay's filesystem is full (werror=enospc), so the write waits.
+func DiskFull(inst store.Instance) string {
+	free := "unknown space"
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(inst.Dir, &st); err == nil {
+		free = humanBytes(int64(st.Bavail) * st.Bsize)
+	}
+	return fmt.Sprintf("the guest is paused: a write to its disk found no space on the filesystem of %s (%s free); "+
+		"nothing is lost: free space there, then run emu up to let it go on", inst.Dir, free)
 }

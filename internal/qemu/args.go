@@ -39,6 +39,12 @@ type Drive struct {
 	// Cache is QEMU's cache mode; "" means writeback. "unsafe" is fine for
 	// throwaway build disks, never for a disk whose data must survive.
 	Cache string
+	// PauseWhenFull pauses the guest when a write fails because the host
+	// filesystem is full (werror=enospc): nothing is lost, and `cont`
+	// retries the write once there is room. Otherwise the guest sees the
+	// error (werror=report): a build's bake step fails at once instead of
+	// hanging paused. Read errors are always reported to the guest.
+	PauseWhenFull bool
 }
 
 // Socket is a unix socket QEMU listens on (server=on,wait=off).
@@ -386,6 +392,14 @@ func (b *builder) drive(d Drive) {
 		cache = "writeback"
 	}
 	opt += ",cache=" + cache
+	if !d.ReadOnly {
+		if d.PauseWhenFull {
+			opt += ",werror=enospc"
+		} else {
+			opt += ",werror=report"
+		}
+	}
+	opt += ",rerror=report"
 	b.add("-drive", opt)
 	dev := "virtio-blk-pci,drive=" + id + ",id=" + b.id("blk")
 	if d.Discard {
