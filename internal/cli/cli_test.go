@@ -172,3 +172,31 @@ func TestLoadStackInterrupted(t *testing.T) {
 		f.Close()
 	}
 }
+
+// reset keeps the image's ready snapshot unless --template asks.
+func TestResetTemplate(t *testing.T) {
+	home := t.TempDir()
+	t.Setenv("EMU_HOME", home)
+	inst := filepath.Join(home, "state", "instances", "demo")
+	tmpl := filepath.Join(home, "cache", "disks", "abc", "template")
+	for _, template := range []bool{false, true} {
+		os.MkdirAll(inst, 0o700)
+		os.MkdirAll(tmpl, 0o700)
+		os.WriteFile(filepath.Join(inst, "instance.json"), []byte(`{"name":"demo","disk_sha256":"abc"}`), 0o600)
+		os.WriteFile(filepath.Join(tmpl, "state.zst"), []byte("state"), 0o600)
+		args := []string{"reset", "demo"}
+		if template {
+			args = append(args, "--template")
+		}
+		if _, errs, code := run(t, args...); code != ExitOK {
+			t.Fatalf("%v: exit %d: %s", args, code, errs)
+		}
+		_, err := os.Stat(tmpl)
+		if template != os.IsNotExist(err) {
+			t.Errorf("%v: ready snapshot exists %v", args, err == nil)
+		}
+		if _, err := os.Stat(inst); !os.IsNotExist(err) {
+			t.Errorf("%v: instance directory kept", args)
+		}
+	}
+}

@@ -120,9 +120,10 @@ func stopInstance(ctx context.Context, e *env, inst store.Instance, sink event.S
 }
 
 func runReset(ctx context.Context, e *env, args []string) error {
-	var jsonOut *bool
-	home, t, err := instanceFlags(ctx, e, "reset", "[-f FILE | NAME] [--json]", args, func(fs *flag.FlagSet) {
+	var jsonOut, template *bool
+	home, t, err := instanceFlags(ctx, e, "reset", "[-f FILE | NAME] [--template] [--json]", args, func(fs *flag.FlagSet) {
 		jsonOut = fs.Bool("json", false, "print events as JSON lines on stdout")
+		template = fs.Bool("template", false, "also remove the image's ready snapshot (the next fresh up boots and saves a new one)")
 	})
 	if err != nil {
 		return err
@@ -144,6 +145,15 @@ func runReset(ctx context.Context, e *env, args []string) error {
 	}
 	// Said as a step, not the outcome: the reset is the outcome.
 	sink.Emit(event.New(event.Log, "", msg))
+	if *template {
+		if info, err := instance.ReadInfo(inst); err == nil && info.DiskSHA256 != "" {
+			dir := instance.TemplateDir(home.DiskCache(), info.DiskSHA256)
+			if err := os.RemoveAll(dir); err != nil {
+				return failed(sink, t.name, fmt.Errorf("reset %s: remove the ready snapshot %s: %w", t.name, dir, err))
+			}
+			sink.Emit(event.New(event.Log, "", "removed the image's ready snapshot"))
+		}
+	}
 	if err := os.RemoveAll(inst.Dir); err != nil {
 		return failed(sink, t.name, fmt.Errorf("reset %s: remove %s: %w", t.name, inst.Dir, err))
 	}
