@@ -113,7 +113,11 @@ func (b *blobProgress) reused(digest, why string) {
 	b.t.mu.Lock()
 	b.t.size -= b.size
 	b.t.mu.Unlock()
-	b.t.o.emit(event.New(event.StageDone, b.name, "").
+	msg := "on disk already"
+	if why == "registry" {
+		msg = "in the registry already"
+	}
+	b.t.o.emit(event.New(event.StageDone, b.name, msg).
 		With(proto.FieldSize, strconv.FormatInt(b.size, 10)).
 		With(FieldDigest, digest).
 		With(FieldReused, why).
