@@ -93,7 +93,7 @@ func pullImage(ctx context.Context, e *env, home store.Home, ref string, pf pull
 		CanReplace: func(name string, _ bundle.Manifest) error { return replaceable(home, name) },
 	})
 	if err != nil {
-		view.Emit(event.New(event.Failed, ref, err.Error()))
+		view.Emit(event.New(event.Failed, "", err.Error()))
 		view.Close()
 		return res, err
 	}
@@ -102,13 +102,14 @@ func pullImage(ctx context.Context, e *env, home store.Home, ref string, pf pull
 	case res.UpToDate:
 		msg = fmt.Sprintf("%s (%s) is up to date as %s", ref, res.Manifest.Arch, res.Name)
 	default:
-		msg = fmt.Sprintf("pulled %s (%s) as %s in %s: %s downloaded, %d blob(s) reused",
-			ref, res.Manifest.Arch, res.Name, progress.Dur(time.Since(start)), progress.Humanize(res.Fetched), res.Reused)
+		msg = fmt.Sprintf("pulled %s (%s, %s) as %s: %s downloaded, %d blob(s) reused",
+			ref, res.Manifest.Arch, shortDigest(res.Origin.Digest), res.Name, progress.Humanize(res.Fetched), res.Reused)
 	}
 	view.Emit(event.New(event.Done, res.Name, msg).With("digest", res.Origin.Digest).With("dir", res.Dir))
 	view.Close()
-	if mode != progress.JSON {
-		fmt.Fprintln(e.stderr, msg)
+	if mode == progress.Live {
+		// Plain mode printed the done event's line; the live block has none.
+		fmt.Fprintf(e.stderr, "%s in %s\n", msg, progress.Dur(time.Since(start)))
 	}
 	return res, nil
 }

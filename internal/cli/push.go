@@ -46,22 +46,25 @@ func runPush(ctx context.Context, e *env, args []string) error {
 	start := time.Now()
 	res, err := oci.Push(ctx, oci.PushOptions{Options: rf.options(view), Ref: ref, Bundles: dirs, Version: Version})
 	if err != nil {
-		view.Emit(event.New(event.Failed, ref, err.Error()))
+		view.Emit(event.New(event.Failed, "", err.Error()))
 		view.Close()
 		return err
 	}
 	var archs []string
 	for _, a := range res.Artifacts {
-		archs = append(archs, a.Bundle.Arch)
+		archs = append(archs, a.Bundle.Arch+" "+shortDigest(a.Digest.String()))
 	}
-	msg := fmt.Sprintf("pushed %s (%s) in %s: %d blob(s) uploaded (%s), %d in the registry already",
-		ref, strings.Join(archs, ", "), progress.Dur(time.Since(start)), res.Uploaded, progress.Humanize(res.Bytes), res.Present)
+	msg := fmt.Sprintf("pushed %s (%s): %d blob(s) uploaded (%s), %d in the registry already",
+		ref, strings.Join(archs, ", "), res.Uploaded, progress.Humanize(res.Bytes), res.Present)
 	view.Emit(event.New(event.Done, ref, msg).With("digest", res.Digest))
 	view.Close()
 	if mode == progress.JSON {
 		return nil
 	}
-	fmt.Fprintln(e.stderr, msg)
+	if mode == progress.Live {
+		// Plain mode printed the done event's line; the live block has none.
+		fmt.Fprintf(e.stderr, "%s in %s\n", msg, progress.Dur(time.Since(start)))
+	}
 	// The one line a script reads: the index by digest.
 	fmt.Fprintf(e.stdout, "%s@%s\n", repository(ref), res.Digest)
 	return nil

@@ -63,7 +63,7 @@ func TestPushPullImagesRmi(t *testing.T) {
 	if code != ExitOK {
 		t.Fatalf("push: exit %d:\n%s", code, errs)
 	}
-	if !strings.HasPrefix(out, reg.Addr+"/team/demo@sha256:") || !strings.Contains(errs, "pushed "+ref+" (amd64)") {
+	if !strings.HasPrefix(out, reg.Addr+"/team/demo@sha256:") || !strings.Contains(errs, "pushed "+ref+" (amd64 sha256:") {
 		t.Errorf("push: stdout %q, stderr:\n%s", out, errs)
 	}
 	built := images(t)
@@ -119,8 +119,12 @@ func TestPushPullImagesRmi(t *testing.T) {
 		t.Fatalf("push %s: %s", ref2, errs)
 	}
 	_, errs, code = run(t, "pull", ref2, "--arch", "amd64")
-	if code != ExitFailure || !strings.Contains(errs, "in use by instance demo") {
+	if code != ExitFailure || !strings.Contains(errs, "in use by instance demo") || !strings.Contains(errs, "hint: pull under another name with --name") {
 		t.Errorf("pull over a used image: exit %d:\n%s", code, errs)
+	}
+	_, errs, code = run(t, "pull", ref2, "--arch", "arm64")
+	if code != ExitFailure || !strings.Contains(errs, "no bundle for linux/arm64 (it has: linux/amd64)") || !strings.Contains(errs, "hint: choose one with --arch") {
+		t.Errorf("pull of a missing architecture: exit %d:\n%s", code, errs)
 	}
 	if rows := images(t); len(rows) != 1 || rows[0].From != ref {
 		t.Errorf("the used image changed: %+v", rows)

@@ -217,7 +217,8 @@ func MergeIndex(base *v1.IndexManifest, arts ...Artifact) (v1.IndexManifest, err
 }
 
 // PlatformError is a reference with no bundle for the architecture asked
-// for; it lists those it has.
+// for; it lists those it has. The message leaves Ref to the error that
+// wraps it ("pull REF: ...").
 type PlatformError struct {
 	Ref       string
 	Arch      string
@@ -229,7 +230,7 @@ func (e *PlatformError) Error() string {
 	if len(e.Platforms) > 0 {
 		have = strings.Join(e.Platforms, ", ")
 	}
-	return fmt.Sprintf("%s has no bundle for %s/%s (it has: %s)", e.Ref, OS, e.Arch, have)
+	return fmt.Sprintf("no bundle for %s/%s (it has: %s)", OS, e.Arch, have)
 }
 
 // HintText says how to pick another.

@@ -198,7 +198,7 @@ func TestChoose(t *testing.T) {
 	if !errors.As(err, &pe) {
 		t.Fatalf("err = %v, want a PlatformError", err)
 	}
-	want := "localhost:5000/demo:1 has no bundle for linux/riscv64 (it has: linux/amd64, linux/arm64)"
+	want := "no bundle for linux/riscv64 (it has: linux/amd64, linux/arm64)"
 	if err.Error() != want {
 		t.Errorf("error\n %s\nwant\n %s", err, want)
 	}

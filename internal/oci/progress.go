@@ -59,7 +59,8 @@ func (t *transfer) finish(err error) {
 	done, size := t.done, t.size
 	t.mu.Unlock()
 	if err != nil {
-		t.o.emit(event.New(event.StageFailed, t.total, err.Error()))
+		// The error itself ends the stream (the caller's failed event).
+		t.o.emit(event.New(event.StageFailed, t.total, ""))
 		return
 	}
 	t.o.emit(event.New(event.StageDone, t.total, "").

@@ -154,10 +154,11 @@ func wrap(op, ref string, reg name.Registry, err error) error {
 	}
 	e := &Error{Op: op, Ref: ref, Err: err}
 	var te *transport.Error
-	var pe *PlainHTTPError
+	var hinted interface{ HintText() string }
 	switch {
-	case errors.As(err, &pe):
-		e.Hint = pe.HintText()
+	case errors.As(err, &hinted) && hinted.HintText() != "":
+		// PlainHTTPError, PlatformError, or the caller's own (CanReplace).
+		e.Hint = hinted.HintText()
 	case errors.As(err, &te) && (te.StatusCode == http.StatusUnauthorized || hasCode(te, transport.UnauthorizedErrorCode)):
 		e.Err = fmt.Errorf("%s asks for credentials, and none that it accepts were found: %w", reg.RegistryStr(), err)
 		e.Hint = fmt.Sprintf("log in with `docker login %s` (or podman login, oras login): emu reads Docker's config.json (DOCKER_CONFIG, else ~/.docker) and its credential helpers", reg.RegistryStr())
