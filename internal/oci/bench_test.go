@@ -18,7 +18,9 @@ import (
 
 // BenchmarkPushPull measures, in one run against a local docker-registry,
 // a push of a synthetic bundle, a pull of it into an empty store, and the
-// floor: curl fetching the same blobs from the same registry into files.
+// floor: curl fetching the same blobs from the same registry into files,
+// and the same followed by sync(1) of those files (the pull fsyncs each
+// blob before it counts as done).
 // The disk is random bytes (incompressible, as a zstd stream is), of
 // EMU_BENCH_DISK_MB megabytes (default 200; the demo's disk is 98 MB), or
 // EMU_BENCH_BUNDLE names a real bundle directory to push and pull.
@@ -55,7 +57,7 @@ func BenchmarkPushPull(b *testing.B) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
 
-	var push, pull, floor time.Duration
+	var push, pull, floor, floorSync time.Duration
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		// A fresh repository each round, so every push uploads everything.
@@ -77,6 +79,15 @@ func BenchmarkPushPull(b *testing.B) {
 			}
 		}
 		floor += time.Since(start)
+		// The same files made durable, as the pull makes its blobs.
+		var files []string
+		for name := range man.Files {
+			files = append(files, filepath.Join(dir, name))
+		}
+		if out, err := exec.CommandContext(ctx, "sync", files...).CombinedOutput(); err != nil {
+			b.Fatalf("sync: %v: %s", err, out)
+		}
+		floorSync += time.Since(start)
 
 		home := store.At(b.TempDir())
 		start = time.Now()
@@ -92,6 +103,8 @@ func BenchmarkPushPull(b *testing.B) {
 	b.ReportMetric(pull.Seconds()/n, "pull-s")
 	b.ReportMetric(floor.Seconds()/n, "curl-s")
 	b.ReportMetric(pull.Seconds()/floor.Seconds(), "pull/curl")
+	b.ReportMetric(floorSync.Seconds()/n, "curl+sync-s")
+	b.ReportMetric(pull.Seconds()/floorSync.Seconds(), "pull/curl+sync")
 	b.ReportMetric(rate(pull), "pull-MB/s")
 	b.ReportMetric(rate(floor), "curl-MB/s")
 	b.ReportMetric(rate(push), "push-MB/s")
