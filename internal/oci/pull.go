@@ -540,6 +540,17 @@ func (f *fetcher) fetchFrom(ctx context.Context, d v1.Descriptor, offset int64, 
 	if err != nil {
 		return err
 	}
+	if resp.StatusCode == http.StatusRequestedRangeNotSatisfiable && offset > 0 && restart != nil {
+		// A registry that refuses the range: the whole blob, then.
+		resp.Body.Close()
+		if err := restart(); err != nil {
+			return err
+		}
+		offset = 0
+		if resp, err = f.get(ctx, d, 0); err != nil {
+			return err
+		}
+	}
 	defer resp.Body.Close()
 	switch {
 	case resp.StatusCode == http.StatusPartialContent && offset > 0:
@@ -573,7 +584,9 @@ func (f *fetcher) get(ctx context.Context, d v1.Descriptor, offset int64) (*http
 			return nil, err
 		}
 		if offset > 0 {
-			req.Header.Set("Range", fmt.Sprintf("bytes=%d-", offset))
+			// With its end: go-containerregistry's own registry does not
+			// understand an open range ("bytes=N-").
+			req.Header.Set("Range", fmt.Sprintf("bytes=%d-%d", offset, d.Size-1))
 		}
 		return f.client.Do(req)
 	}

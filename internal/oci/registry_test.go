@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -166,26 +167,19 @@ func TestPullCorruptBlob(t *testing.T) {
 	}
 }
 
-// A pull killed while its third blob streams, then run again: the blobs it
-// finished are not downloaded again, and the third resumes by Range where
-// it stopped.
-func TestPullResumes(t *testing.T) {
-	regtest.NoDockerConfig(t)
-	reg := regtest.Start(t, regtest.Options{})
-	px := regtest.NewProxy(t, reg.Addr)
-	src := regtest.Bundle(t, t.TempDir(), "demo", "amd64", 2<<20)
+// interruptedPull pushes a bundle through px and pulls it into a fresh
+// store, cancelled (as a kill would end it) once the initrd, its third
+// blob, is partly on disk: the proxy sends half of it and hangs.
+func interruptedPull(t *testing.T, px *regtest.Proxy) (src, ref string, home store.Home, man bundle.Manifest) {
+	t.Helper()
+	src = regtest.Bundle(t, t.TempDir(), "demo", "amd64", 2<<20)
 	// A big initrd, so that half of it is a real resume.
-	initrd := bytes.Repeat([]byte("initrd"), 200_000)
-	rewriteFile(t, src, store.BundleInitrd, initrd)
-	ref := px.Addr + "/demo:resume"
+	rewriteFile(t, src, store.BundleInitrd, bytes.Repeat([]byte("initrd"), 200_000))
+	ref = px.Addr + "/demo:resume"
 	push(t, ref, src)
-	man, _ := bundle.Read(src)
-	digest := func(n string) string { return "sha256:" + man.Files[n].SHA256 }
-
-	// The proxy sends half the initrd and hangs; the pull is cancelled, as
-	// a kill would end it, once the initrd's first bytes are on disk.
-	px.Stall(digest(store.BundleInitrd))
-	home := store.At(t.TempDir())
+	man, _ = bundle.Read(src)
+	px.Stall("sha256:" + man.Files[store.BundleInitrd].SHA256)
+	home = store.At(t.TempDir())
 	c, cancel := context.WithCancel(ctx(t))
 	defer cancel()
 	kill := event.SinkFunc(func(e event.Event) {
@@ -194,12 +188,25 @@ func TestPullResumes(t *testing.T) {
 		}
 	})
 	_, err := oci.Pull(c, oci.PullOptions{Options: oci.Options{Sink: kill}, Ref: ref, Arch: "amd64", Home: home})
-	if !errors.Is(err, context.Canceled) {
-		t.Fatalf("interrupted pull: err = %v, want context.Canceled", err)
+	var oe *oci.Error
+	if !errors.Is(err, context.Canceled) || !errors.As(err, &oe) || !strings.Contains(oe.HintText(), "resumes") {
+		t.Fatalf("interrupted pull: err = %v, want context.Canceled with a hint to run it again", err)
 	}
 	if _, err := os.Stat(filepath.Join(home.Images(), "demo")); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("an interrupted pull placed a bundle: %v", err)
 	}
+	return src, ref, home, man
+}
+
+// A pull killed while its third blob streams, then run again: the blobs it
+// finished are not downloaded again, and the third resumes by Range where
+// it stopped.
+func TestPullResumes(t *testing.T) {
+	regtest.NoDockerConfig(t)
+	reg := regtest.Start(t, regtest.Options{})
+	px := regtest.NewProxy(t, reg.Addr)
+	src, ref, home, man := interruptedPull(t, px)
+	digest := func(n string) string { return "sha256:" + man.Files[n].SHA256 }
 
 	pr, err := oci.Pull(ctx(t), oci.PullOptions{Ref: ref, Arch: "amd64", Home: home})
 	if err != nil {
@@ -211,12 +218,33 @@ func TestPullResumes(t *testing.T) {
 			t.Errorf("%s fetched %d times, want once: %+v", n, len(gets), gets)
 		}
 	}
+	size := man.Files[store.BundleInitrd].Size
 	gets := px.BlobGets(digest(store.BundleInitrd))
-	if len(gets) != 2 || gets[0].Range != "" || !strings.HasPrefix(gets[1].Range, "bytes=") || gets[1].Range == "bytes=0-" {
-		t.Errorf("initrd requests %+v: want a whole GET, then a ranged one", gets)
+	if len(gets) != 2 || gets[0].Range != "" || !strings.HasPrefix(gets[1].Range, "bytes=") ||
+		gets[1].Range == "bytes=0-" || !strings.HasSuffix(gets[1].Range, "-"+strconv.FormatInt(size-1, 10)) {
+		t.Errorf("initrd requests %+v: want a whole GET, then one ranged to its end", gets)
 	}
-	if pr.Fetched >= int64(len(initrd))+man.Files[store.BundleLog].Size {
+	if pr.Fetched >= size+man.Files[store.BundleLog].Size {
 		t.Errorf("second pull fetched %d bytes: the initrd again in full", pr.Fetched)
+	}
+}
+
+// A registry that refuses the range: the partial blob starts over, and
+// the pull still succeeds.
+func TestPullResumeRefused(t *testing.T) {
+	regtest.NoDockerConfig(t)
+	reg := regtest.Start(t, regtest.Options{})
+	px := regtest.NewProxy(t, reg.Addr)
+	src, ref, home, man := interruptedPull(t, px)
+	px.RefuseRanges()
+	pr, err := oci.Pull(ctx(t), oci.PullOptions{Ref: ref, Arch: "amd64", Home: home})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sameFiles(t, src, pr.Dir)
+	gets := px.BlobGets("sha256:" + man.Files[store.BundleInitrd].SHA256)
+	if len(gets) != 3 || gets[1].Range == "" || gets[2].Range != "" {
+		t.Errorf("initrd requests %+v: want whole (stalled), ranged (refused), whole", gets)
 	}
 }
 

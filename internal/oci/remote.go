@@ -159,6 +159,8 @@ func wrap(op, ref string, reg name.Registry, err error) error {
 	case errors.As(err, &hinted) && hinted.HintText() != "":
 		// PlainHTTPError, PlatformError, or the caller's own (CanReplace).
 		e.Hint = hinted.HintText()
+	case op == "pull" && errors.Is(err, context.Canceled):
+		e.Hint = "run the same pull again: it keeps the blobs it finished and resumes the one it was fetching"
 	case errors.As(err, &te) && (te.StatusCode == http.StatusUnauthorized || hasCode(te, transport.UnauthorizedErrorCode)):
 		e.Err = fmt.Errorf("%s asks for credentials, and none that it accepts were found: %w", reg.RegistryStr(), err)
 		e.Hint = fmt.Sprintf("log in with `docker login %s` (or podman login, oras login): emu reads Docker's config.json (DOCKER_CONFIG, else ~/.docker) and its credential helpers", reg.RegistryStr())

@@ -198,10 +198,11 @@ type Proxy struct {
 	// Addr is host:port of the proxy, to put in references.
 	Addr string
 
-	mu       sync.Mutex
-	requests []Request
-	corrupt  map[string]bool          // blob digest -> flip a byte
-	stall    map[string]chan struct{} // blob digest -> closed once half is sent
+	mu           sync.Mutex
+	requests     []Request
+	refuseRanges bool
+	corrupt      map[string]bool          // blob digest -> flip a byte
+	stall        map[string]chan struct{} // blob digest -> closed once half is sent
 }
 
 // Request is one request the proxy passed on.
@@ -219,7 +220,12 @@ func NewProxy(t testing.TB, addr string) *Proxy {
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		p.mu.Lock()
 		p.requests = append(p.requests, Request{Method: r.Method, Path: r.URL.Path, Range: r.Header.Get("Range")})
+		refuse := p.refuseRanges && r.Header.Get("Range") != ""
 		p.mu.Unlock()
+		if refuse {
+			http.Error(w, "no ranges here", http.StatusRequestedRangeNotSatisfiable)
+			return
+		}
 		rp.ServeHTTP(w, r)
 	}))
 	t.Cleanup(srv.Close)
@@ -244,6 +250,14 @@ func (p *Proxy) Stall(digest string) <-chan struct{} {
 	p.stall[digest] = ch
 	p.mu.Unlock()
 	return ch
+}
+
+// RefuseRanges makes the proxy answer every request with a Range header
+// 416, as a registry that serves no ranges might.
+func (p *Proxy) RefuseRanges() {
+	p.mu.Lock()
+	p.refuseRanges = true
+	p.mu.Unlock()
 }
 
 // Requests returns what the proxy has seen.
