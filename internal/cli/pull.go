@@ -15,6 +15,7 @@ import (
 	"github.com/emu-dev/emu/internal/bundle"
 	"github.com/emu-dev/emu/internal/event"
 	"github.com/emu-dev/emu/internal/instance"
+	"github.com/emu-dev/emu/internal/machine"
 	"github.com/emu-dev/emu/internal/oci"
 	"github.com/emu-dev/emu/internal/progress"
 	"github.com/emu-dev/emu/internal/store"
@@ -92,6 +93,9 @@ func pullImage(ctx context.Context, e *env, home store.Home, ref string, pf pull
 		Lock:       func(final string) (func(), error) { return build.LockOutput(home.Locks(), final) },
 		CanReplace: func(name string, _ bundle.Manifest) error { return replaceable(home, name) },
 	})
+	if err == nil {
+		err = unpackPulled(ctx, home, res, view)
+	}
 	if err != nil {
 		view.Emit(event.New(event.Failed, "", err.Error()))
 		view.Close()
@@ -112,6 +116,26 @@ func pullImage(ctx context.Context, e *env, home store.Home, ref string, pf pull
 		fmt.Fprintf(e.stderr, "%s in %s\n", msg, progress.Dur(time.Since(start)))
 	}
 	return res, nil
+}
+
+// unpackPulled unpacks the pulled disk into the disk cache now, as a build
+// seeds it, so that the first up of a pulled image boots at once: an up
+// would unpack it anyway (1.5 s for the demo's disk). A disk that cannot
+// be unpacked now (no space, say) is a warning: up tries again. Only an
+// interrupt fails the pull here.
+func unpackPulled(ctx context.Context, home store.Home, res oci.PullResult, view *progress.Renderer) error {
+	const stage = "unpack"
+	view.Emit(event.New(event.StageStart, stage, store.BundleDisk+" into the disk cache"))
+	if _, err := machine.BaseDisk(ctx, home.DiskCache(), res.Dir, res.Manifest); err != nil {
+		view.Emit(event.New(event.StageFailed, stage, err.Error()))
+		if ctx.Err() != nil {
+			return fmt.Errorf("unpack %s: %w", res.Name, ctx.Err())
+		}
+		view.Emit(event.New(event.Log, "", "the image is in place; emu up unpacks its disk when it first boots it"))
+		return nil
+	}
+	view.Emit(event.New(event.StageDone, stage, ""))
+	return nil
 }
 
 // replaceable refuses to replace the image under name while an instance

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/emu-dev/emu/internal/bundle"
+	"github.com/emu-dev/emu/internal/disk"
 	"github.com/emu-dev/emu/internal/event"
 	"github.com/emu-dev/emu/internal/oci/regtest"
 	"github.com/emu-dev/emu/internal/store"
@@ -58,7 +60,7 @@ func TestPushPullImagesRmi(t *testing.T) {
 
 	builder := t.TempDir()
 	t.Setenv("EMU_HOME", builder)
-	regtest.Bundle(t, store.At(builder).Images(), "demo", "amd64", 1<<20)
+	regtest.PackedBundle(t, store.At(builder).Images(), "demo", "amd64", 64<<20)
 	out, errs, code := run(t, "push", ref, "demo")
 	if code != ExitOK {
 		t.Fatalf("push: exit %d:\n%s", code, errs)
@@ -89,6 +91,15 @@ func TestPushPullImagesRmi(t *testing.T) {
 	pulled := images(t)
 	if len(pulled) != 1 || pulled[0].From != ref || pulled[0].Name != "demo" || pulled[0].Arch != "amd64" {
 		t.Fatalf("images after pull: %+v", pulled)
+	}
+	// The disk is unpacked into the disk cache, as a build seeds it: the
+	// first up boots at once.
+	man, err := bundle.Read(pulled[0].Dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Stat(filepath.Join(store.At(user).DiskCache(), man.Files[store.BundleDisk].SHA256, disk.PackedName)); err != nil || fi.Size() != 64<<20 {
+		t.Errorf("unpacked disk after pull: %v", err)
 	}
 	// The digest a push makes is the one the pull names.
 	if pulled[0].Digest != built[0].Digest || pulled[0].Size != built[0].Size {
@@ -129,9 +140,11 @@ func TestPushPullImagesRmi(t *testing.T) {
 	if rows := images(t); len(rows) != 1 || rows[0].From != ref {
 		t.Errorf("the used image changed: %+v", rows)
 	}
-	// Under another name it goes in beside.
-	if _, errs, code := run(t, "pull", ref2, "--arch", "amd64", "--name", "demo-2"); code != ExitOK {
-		t.Errorf("pull --name: %s", errs)
+	// Under another name it goes in beside. Its disk is random bytes, not
+	// a packed disk: the pull places it and says up will unpack it.
+	if _, errs, code := run(t, "pull", ref2, "--arch", "amd64", "--name", "demo-2"); code != ExitOK ||
+		!strings.Contains(errs, "stage unpack: failed") || !strings.Contains(errs, "emu up unpacks its disk when it first boots it") {
+		t.Errorf("pull --name: exit %d:\n%s", code, errs)
 	}
 	if rows := images(t); len(rows) != 2 || rows[1].Name != "demo-2" || rows[1].From != ref2 {
 		t.Errorf("images: %+v", rows)

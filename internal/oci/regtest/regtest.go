@@ -32,6 +32,7 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/emu-dev/emu/internal/bundle"
+	"github.com/emu-dev/emu/internal/disk"
 	"github.com/emu-dev/emu/internal/spec"
 	"github.com/emu-dev/emu/internal/store"
 )
@@ -342,6 +343,48 @@ func (s *stallReader) Read(b []byte) (int, error) {
 }
 
 func (s *stallReader) Close() error { return s.r.Close() }
+
+// PackedBundle is Bundle with a real packed disk (disk.Pack of a sparse raw
+// disk of rawSize bytes with random data in its first MiB), which emu can
+// unpack; it needs tar and zstd.
+func PackedBundle(t testing.TB, dir, name, arch string, rawSize int64) string {
+	t.Helper()
+	b := Bundle(t, dir, name, arch, 1)
+	raw := filepath.Join(t.TempDir(), "disk.raw")
+	f, err := os.Create(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Write(randBytes(t, 1<<20)); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Truncate(rawSize); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := disk.Pack(ctx, raw, filepath.Join(b, store.BundleDisk), disk.PackLevel); err != nil {
+		t.Fatal(err)
+	}
+	m, err := bundle.Read(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum, size, err := disk.Digest(filepath.Join(b, store.BundleDisk))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Files[store.BundleDisk] = bundle.FileRecord{SHA256: sum, Size: size}
+	mj, err := json.MarshalIndent(m, "", "  ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(b, store.BundleManifest), append(mj, '\n'), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
 
 // Bundle writes a small synthetic bundle of stack name for arch into
 // dir/name: a disk of diskSize random bytes, a kernel, an initrd, a
