@@ -90,37 +90,12 @@ func Push(ctx context.Context, opts PushOptions) (res PushResult, err error) {
 	}
 	res.Artifacts = arts
 	for i, a := range arts {
-		dir := opts.Bundles[i]
-		blobs := append([]v1.Descriptor{a.Manifest.Config}, a.Manifest.Layers...)
-		for _, d := range blobs {
-			title := d.Annotations[AnnotationTitle]
-			open := func() (io.ReadCloser, error) { return os.Open(filepath.Join(dir, title)) }
-			if d.MediaType == ConfigMediaType {
-				title = store.BundleManifest
-				open = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(a.Config)), nil }
-			}
-			label := title
-			if len(arts) > 1 {
-				label = a.Bundle.Arch + "/" + title
-			}
-			bp := tr.blob(label, d.Size)
-			l := &fileLayer{desc: d, open: open, progress: bp}
-			err := remote.WriteLayer(ref.Context(), l, ro...)
-			if err != nil {
-				bp.finish(d.Digest.String(), err)
-				return res, fmt.Errorf("upload %s %s: %w", label, d.Digest, err)
-			}
-			if l.opened.Load() {
-				bp.finish(d.Digest.String(), nil)
-				res.Uploaded++
-				res.Bytes += d.Size
-			} else {
-				bp.reused(d.Digest.String(), "registry")
-				res.Present++
-			}
+		label := ""
+		if len(arts) > 1 {
+			label = a.Bundle.Arch + "/"
 		}
-		if err := remote.Put(ref.Context().Digest(a.Digest.String()), rawManifest{a.Raw, types.OCIManifestSchema1}, ro...); err != nil {
-			return res, fmt.Errorf("put manifest %s (%s): %w", a.Digest, a.Bundle.Arch, err)
+		if err := uploadArtifact(ref.Context(), a, opts.Bundles[i], label, tr, ro, &res); err != nil {
+			return res, err
 		}
 	}
 	raw, err := marshalIndex(idx)
@@ -136,6 +111,39 @@ func Push(ctx context.Context, opts PushOptions) (res PushResult, err error) {
 	}
 	res.Digest = d.String()
 	return res, nil
+}
+
+// uploadArtifact uploads the blobs of a, the bundle in dir, that the
+// registry lacks, then puts its manifest by digest. label prefixes the
+// blobs' stage names.
+func uploadArtifact(repo name.Repository, a Artifact, dir, label string, tr *transfer, ro []remote.Option, res *PushResult) error {
+	blobs := append([]v1.Descriptor{a.Manifest.Config}, a.Manifest.Layers...)
+	for _, d := range blobs {
+		title := d.Annotations[AnnotationTitle]
+		open := func() (io.ReadCloser, error) { return os.Open(filepath.Join(dir, title)) }
+		if d.MediaType == ConfigMediaType {
+			title = store.BundleManifest
+			open = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(a.Config)), nil }
+		}
+		bp := tr.blob(label+title, d.Size)
+		l := &fileLayer{desc: d, open: open, progress: bp}
+		if err := remote.WriteLayer(repo, l, ro...); err != nil {
+			bp.finish(d.Digest.String(), err)
+			return fmt.Errorf("upload %s %s: %w", label+title, d.Digest, err)
+		}
+		if !l.opened.Load() {
+			bp.reused(d.Digest.String(), "registry")
+			res.Present++
+			continue
+		}
+		bp.finish(d.Digest.String(), nil)
+		res.Uploaded++
+		res.Bytes += d.Size
+	}
+	if err := remote.Put(repo.Digest(a.Digest.String()), rawManifest{a.Raw, types.OCIManifestSchema1}, ro...); err != nil {
+		return fmt.Errorf("put manifest %s (%s): %w", a.Digest, a.Bundle.Arch, err)
+	}
+	return nil
 }
 
 // readArtifact reads the bundle in dir and checks that its files are the

@@ -101,6 +101,14 @@ http:
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	serve(t, bin, cfgPath)
+	return r
+}
+
+// serve runs the registry with the config at cfgPath until t ends, and
+// returns once it listens: its log says so, so nothing polls.
+func serve(t testing.TB, bin, cfgPath string) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	cmd := exec.CommandContext(ctx, bin, "serve", cfgPath)
 	cmd.SysProcAttr = sysProcAttr()
@@ -150,7 +158,6 @@ http:
 	case <-time.After(30 * time.Second):
 		t.Fatal("docker-registry did not listen within 30 s")
 	}
-	return r
 }
 
 // freeAddr returns a 127.0.0.1 address no one listens on now: never :5000,
