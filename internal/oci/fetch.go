@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -107,8 +108,9 @@ func (w *offsetWriter) Write(p []byte) (int, error) {
 type fetcher struct {
 	client *http.Client
 	repo   name.Repository
-	scheme string // chosen at the first request: https, or http where allowed
-	plain  bool   // http may be tried
+	idle   time.Duration // the most a blob's body may pause
+	scheme string        // chosen at the first request: https, or http where allowed
+	plain  bool          // http may be tried
 }
 
 func newFetcher(ctx context.Context, o Options, repo name.Repository) (*fetcher, error) {
@@ -127,6 +129,7 @@ func newFetcher(ctx context.Context, o Options, repo name.Repository) (*fetcher,
 	return &fetcher{
 		client: &http.Client{Transport: rt},
 		repo:   repo,
+		idle:   o.idle(),
 		scheme: "https",
 		plain:  o.Insecure || loopback(hostOf(reg.RegistryStr())),
 	}, nil
@@ -164,6 +167,22 @@ func (c *countWriter) Write(p []byte) (int, error) { c.n += int64(len(p)); retur
 // it to w. A registry that ignores the Range answers with the whole blob:
 // restart is called first, to drop what w got before.
 func (f *fetcher) fetchFrom(ctx context.Context, d v1.Descriptor, offset int64, w io.Writer, restart func() error) error {
+	// A registry that stops sending ends the request, not the pull's
+	// patience: the watchdog cancels it after f.idle without a byte.
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	stalled := fmt.Errorf("the registry sent nothing for %s", f.idle)
+	watchdog := time.AfterFunc(f.idle, func() { cancel(stalled) })
+	defer watchdog.Stop()
+	err := f.copyFrom(ctx, d, offset, w, restart, watchdog)
+	if cause := context.Cause(ctx); errors.Is(cause, stalled) {
+		return fmt.Errorf("download: %w", stalled)
+	}
+	return err
+}
+
+// copyFrom is fetchFrom's request and copy; every read resets watchdog.
+func (f *fetcher) copyFrom(ctx context.Context, d v1.Descriptor, offset int64, w io.Writer, restart func() error, watchdog *time.Timer) error {
 	resp, err := f.get(ctx, d, offset)
 	if err != nil {
 		return err
@@ -198,7 +217,8 @@ func (f *fetcher) fetchFrom(ctx context.Context, d v1.Descriptor, offset int64, 
 	// One byte more than expected shows a blob that is too long. Large
 	// reads and writes: 32 KiB ones cost a third of a pull's time in
 	// system calls (BenchmarkPushPull).
-	if _, err := io.CopyBuffer(w, io.LimitReader(resp.Body, d.Size-offset+1), make([]byte, copyBuffer)); err != nil {
+	body := &idleReader{r: resp.Body, watchdog: watchdog, idle: f.idle}
+	if _, err := io.CopyBuffer(w, io.LimitReader(body, d.Size-offset+1), make([]byte, copyBuffer)); err != nil {
 		return fmt.Errorf("download: %w", err)
 	}
 	return nil
@@ -227,4 +247,19 @@ func (f *fetcher) get(ctx context.Context, d v1.Descriptor, offset int64) (*http
 		}
 	}
 	return resp, err
+}
+
+// idleReader resets its watchdog whenever bytes arrive.
+type idleReader struct {
+	r        io.Reader
+	watchdog *time.Timer
+	idle     time.Duration
+}
+
+func (r *idleReader) Read(p []byte) (int, error) {
+	n, err := r.r.Read(p)
+	if n > 0 {
+		r.watchdog.Reset(r.idle)
+	}
+	return n, err
 }

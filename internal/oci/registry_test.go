@@ -379,3 +379,31 @@ func writeManifest(t *testing.T, dir string, m bundle.Manifest) {
 		t.Fatal(err)
 	}
 }
+
+// A registry that stops sending mid-blob: the pull fails after the idle
+// bound, saying so, instead of hanging; what it got is kept for a resume.
+func TestPullStalledRegistry(t *testing.T) {
+	regtest.NoDockerConfig(t)
+	reg := regtest.Start(t, regtest.Options{})
+	px := regtest.NewProxy(t, reg.Addr)
+	src := regtest.Bundle(t, t.TempDir(), "demo", "amd64", 2<<20)
+	ref := px.Addr + "/demo:stall"
+	push(t, ref, src)
+	px.Stall(disk(t, src))
+	home := store.At(t.TempDir())
+	start := time.Now()
+	_, err := oci.Pull(ctx(t), oci.PullOptions{Options: oci.Options{Idle: 300 * time.Millisecond}, Ref: ref, Arch: "amd64", Home: home})
+	if err == nil || !strings.Contains(err.Error(), "blob disk.tar.zst "+disk(t, src)+": download: the registry sent nothing for 300ms") {
+		t.Fatalf("err = %v", err)
+	}
+	if took := time.Since(start); took > 10*time.Second {
+		t.Errorf("the stalled pull took %s to fail", took)
+	}
+	partial := filepath.Join(home.Blobs(), "sha256", strings.TrimPrefix(disk(t, src), "sha256:")+".partial")
+	if fi, err := os.Stat(partial); err != nil || fi.Size() == 0 {
+		t.Errorf("partial blob: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(home.Images(), "demo")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("a stalled pull placed a bundle: %v", err)
+	}
+}

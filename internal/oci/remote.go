@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
@@ -33,6 +34,20 @@ type Options struct {
 	UserAgent string
 	// Sink receives the transfer's events; nil discards them.
 	Sink event.Sink
+	// Idle bounds every wait on the registry: for a response's headers,
+	// and between two reads of a blob. 0 is DefaultIdle.
+	Idle time.Duration
+}
+
+// DefaultIdle is how long a registry may send nothing before emu gives up
+// on the request: a dead connection fails instead of hanging the pull.
+const DefaultIdle = 60 * time.Second
+
+func (o Options) idle() time.Duration {
+	if o.Idle > 0 {
+		return o.Idle
+	}
+	return DefaultIdle
 }
 
 func (o Options) emit(e event.Event) {
@@ -60,7 +75,9 @@ func (o Options) parseRef(ref string) (name.Reference, error) {
 func (o Options) transport() http.RoundTripper {
 	next := o.Transport
 	if next == nil {
-		next = http.DefaultTransport.(*http.Transport).Clone()
+		t := http.DefaultTransport.(*http.Transport).Clone()
+		t.ResponseHeaderTimeout = o.idle()
+		next = t
 	}
 	return plainHTTPGuard{next: next, insecure: o.Insecure}
 }
