@@ -118,6 +118,8 @@ func Pull(ctx context.Context, opts PullOptions) (res PullResult, err error) {
 	if err != nil {
 		return res, err
 	}
+	blobs := filepath.Join(opts.Home.Blobs(), "sha256")
+	pruneBlobs(blobs, r.manifest.Layers, time.Now())
 	res.Name = man.Name
 	if opts.Name != "" {
 		if err := checkName(opts.Name); err != nil {
@@ -149,7 +151,6 @@ func Pull(ctx context.Context, opts PullOptions) (res PullResult, err error) {
 		}
 	}
 
-	blobs := filepath.Join(opts.Home.Blobs(), "sha256")
 	paths, err := fetchBlobs(ctx, f, tr, opts.Home, blobs, r.manifest.Layers, &res)
 	if err != nil {
 		return res, err
@@ -303,6 +304,34 @@ func ensureBlob(ctx context.Context, f *fetcher, tr *transfer, home store.Home, 
 		return "", bp.n, false, fmt.Errorf("blob %s %s: %w", title, l.Digest, err)
 	}
 	return dst, bp.n, false, nil
+}
+
+// BlobsKept is how long a blob of an abandoned pull is kept for a pull of
+// the same image to resume or reuse.
+const BlobsKept = 7 * 24 * time.Hour
+
+// pruneBlobs removes from blobs what an abandoned pull left there more
+// than BlobsKept ago, but not what this pull (layers) wants. Housekeeping:
+// a blob that cannot be removed stays.
+func pruneBlobs(blobs string, layers []v1.Descriptor, now time.Time) {
+	want := map[string]bool{}
+	for _, l := range layers {
+		want[l.Digest.Hex] = true
+	}
+	entries, err := os.ReadDir(blobs)
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		fi, err := e.Info()
+		if err != nil || !fi.Mode().IsRegular() || now.Sub(fi.ModTime()) < BlobsKept {
+			continue
+		}
+		if want[strings.TrimSuffix(e.Name(), ".partial")] {
+			continue
+		}
+		os.Remove(filepath.Join(blobs, e.Name()))
+	}
 }
 
 // inStore finds l's bytes in a bundle already in the store, by the digest

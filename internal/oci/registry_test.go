@@ -107,6 +107,28 @@ func TestPushPull(t *testing.T) {
 	if err != nil || o.Ref != ref || o.Digest == "" || o.Index != res.Digest {
 		t.Errorf("origin %+v (%v); index pushed %s", o, err, res.Digest)
 	}
+	// An abandoned pull's blobs: pruned after a week, not before.
+	blobs := filepath.Join(home.Blobs(), "sha256")
+	old, young := filepath.Join(blobs, strings.Repeat("0", 64)+".partial"), filepath.Join(blobs, strings.Repeat("1", 64))
+	for _, p := range []string{old, young} {
+		if err := os.WriteFile(p, []byte("x"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	weekAgo := time.Now().Add(-oci.BlobsKept - time.Hour)
+	if err := os.Chtimes(old, weekAgo, weekAgo); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := oci.Pull(ctx(t), oci.PullOptions{Ref: ref, Arch: "amd64", Home: home}); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(young); err != nil {
+		t.Errorf("a recent blob was pruned: %v", err)
+	}
+	if _, err := os.Stat(old); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("a blob older than a week was kept: %v", err)
+	}
+
 	// Nothing is left in the blob directory, nor a staged bundle.
 	left, _ := filepath.Glob(filepath.Join(home.Blobs(), "sha256", "*"))
 	staged, _ := filepath.Glob(filepath.Join(home.Images(), ".*"))
