@@ -171,12 +171,32 @@ func (f *fetcher) fetchFrom(ctx context.Context, d v1.Descriptor, offset int64, 
 	// patience: the watchdog cancels it after f.idle without a byte.
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	stalled := fmt.Errorf("the registry sent nothing for %s", f.idle)
+	stalled := errStalled(f.idle)
 	watchdog := time.AfterFunc(f.idle, func() { cancel(stalled) })
 	defer watchdog.Stop()
 	err := f.copyFrom(ctx, d, offset, w, restart, watchdog)
-	if cause := context.Cause(ctx); errors.Is(cause, stalled) {
-		return fmt.Errorf("download: %w", stalled)
+	if err := stallCause(ctx, stalled, err); err != nil {
+		return fmt.Errorf("download: %w", err)
+	}
+	return nil
+}
+
+// errStalled is a registry that went quiet for idle.
+func errStalled(idle time.Duration) error {
+	return fmt.Errorf("the registry sent nothing for %s", idle)
+}
+
+// stallCause returns stalled when the watchdog (ctx's cause) or the
+// transport's own header timeout ended the request, else err.
+func stallCause(ctx context.Context, stalled, err error) error {
+	var ne net.Error
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(context.Cause(ctx), stalled):
+		return stalled
+	case errors.As(err, &ne) && ne.Timeout():
+		return fmt.Errorf("%w: %w", stalled, err)
 	}
 	return err
 }

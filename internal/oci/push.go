@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync/atomic"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -94,7 +95,7 @@ func Push(ctx context.Context, opts PushOptions) (res PushResult, err error) {
 		if len(arts) > 1 {
 			label = a.Bundle.Arch + "/"
 		}
-		if err := uploadArtifact(ref.Context(), a, opts.Bundles[i], label, tr, ro, &res); err != nil {
+		if err := uploadArtifact(ctx, ref.Context(), a, opts.Bundles[i], label, tr, opts.idle(), ro, &res); err != nil {
 			return res, err
 		}
 	}
@@ -116,7 +117,7 @@ func Push(ctx context.Context, opts PushOptions) (res PushResult, err error) {
 // uploadArtifact uploads the blobs of a, the bundle in dir, that the
 // registry lacks, then puts its manifest by digest. label prefixes the
 // blobs' stage names.
-func uploadArtifact(repo name.Repository, a Artifact, dir, label string, tr *transfer, ro []remote.Option, res *PushResult) error {
+func uploadArtifact(ctx context.Context, repo name.Repository, a Artifact, dir, label string, tr *transfer, idle time.Duration, ro []remote.Option, res *PushResult) error {
 	blobs := append([]v1.Descriptor{a.Manifest.Config}, a.Manifest.Layers...)
 	for _, d := range blobs {
 		title := d.Annotations[AnnotationTitle]
@@ -127,7 +128,7 @@ func uploadArtifact(repo name.Repository, a Artifact, dir, label string, tr *tra
 		}
 		bp := tr.blob(label+title, d.Size)
 		l := &fileLayer{desc: d, open: open, progress: bp}
-		if err := remote.WriteLayer(repo, l, ro...); err != nil {
+		if err := uploadBlob(ctx, repo, l, idle, ro); err != nil {
 			bp.finish(d.Digest.String(), err)
 			return fmt.Errorf("upload %s %s: %w", label+title, d.Digest, err)
 		}
@@ -144,6 +145,19 @@ func uploadArtifact(repo name.Repository, a Artifact, dir, label string, tr *tra
 		return fmt.Errorf("put manifest %s (%s): %w", a.Digest, a.Bundle.Arch, err)
 	}
 	return nil
+}
+
+// uploadBlob uploads l unless the registry has it. A registry that takes
+// nothing for idle (its socket full, its answer not coming) fails the
+// upload instead of hanging the push.
+func uploadBlob(ctx context.Context, repo name.Repository, l *fileLayer, idle time.Duration, ro []remote.Option) error {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	stalled := errStalled(idle)
+	l.watchdog, l.idle = time.AfterFunc(idle, func() { cancel(stalled) }), idle
+	defer l.watchdog.Stop()
+	err := remote.WriteLayer(repo, l, append(ro, remote.WithContext(ctx))...)
+	return stallCause(ctx, stalled, err)
 }
 
 // readArtifact reads the bundle in dir and checks that its files are the
@@ -219,6 +233,9 @@ type fileLayer struct {
 	open     func() (io.ReadCloser, error)
 	progress io.Writer
 	opened   atomic.Bool
+	// watchdog is reset by every read of the file (the upload's pace).
+	watchdog *time.Timer
+	idle     time.Duration
 }
 
 func (l *fileLayer) Digest() (v1.Hash, error)             { return l.desc.Digest, nil }
@@ -233,8 +250,12 @@ func (l *fileLayer) Compressed() (io.ReadCloser, error) {
 		return nil, err
 	}
 	l.opened.Store(true)
+	var r io.Reader = rc
+	if l.watchdog != nil {
+		r = &idleReader{r: rc, watchdog: l.watchdog, idle: l.idle}
+	}
 	return struct {
 		io.Reader
 		io.Closer
-	}{io.TeeReader(rc, l.progress), rc}, nil
+	}{io.TeeReader(r, l.progress), rc}, nil
 }

@@ -429,3 +429,26 @@ func TestPullStalledRegistry(t *testing.T) {
 		t.Errorf("a stalled pull placed a bundle: %v", err)
 	}
 }
+
+// A registry that stops taking an upload: the push fails after the idle
+// bound instead of hanging, and the tag is not moved.
+func TestPushStalledRegistry(t *testing.T) {
+	regtest.NoDockerConfig(t)
+	reg := regtest.Start(t, regtest.Options{})
+	px := regtest.NewProxy(t, reg.Addr)
+	// Larger than the loopback's socket buffers, so the writes block.
+	src := regtest.Bundle(t, t.TempDir(), "demo", "amd64", 32<<20)
+	px.StallUploads()
+	start := time.Now()
+	_, err := oci.Push(ctx(t), oci.PushOptions{Options: oci.Options{Idle: 300 * time.Millisecond}, Ref: px.Addr + "/demo:stall", Bundles: []string{src}})
+	if err == nil || !strings.Contains(err.Error(), "the registry sent nothing for 300ms") {
+		t.Fatalf("err = %v", err)
+	}
+	if took := time.Since(start); took > 10*time.Second {
+		t.Errorf("the stalled push took %s to fail", took)
+	}
+	_, err = oci.Pull(ctx(t), oci.PullOptions{Ref: reg.Addr + "/demo:stall", Arch: "amd64", Home: store.At(t.TempDir())})
+	if err == nil || !strings.Contains(err.Error(), "not found") {
+		t.Errorf("the tag of a failed push: %v", err)
+	}
+}

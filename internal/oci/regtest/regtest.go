@@ -209,8 +209,12 @@ type Proxy struct {
 	mu           sync.Mutex
 	requests     []Request
 	refuseRanges bool
-	corrupt      map[string]bool          // blob digest -> flip a byte
-	stall        map[string]chan struct{} // blob digest -> closed once half is sent
+	stallUploads bool
+	// closing ends every stall when the test ends: a handler that has
+	// not read its request's body never learns that the client left.
+	closing chan struct{}
+	corrupt map[string]bool          // blob digest -> flip a byte
+	stall   map[string]chan struct{} // blob digest -> closed once half is sent
 }
 
 // Request is one request the proxy passed on.
@@ -221,7 +225,7 @@ type Request struct {
 // NewProxy starts a proxy to the registry at addr, closed when t ends.
 func NewProxy(t testing.TB, addr string) *Proxy {
 	t.Helper()
-	p := &Proxy{corrupt: map[string]bool{}, stall: map[string]chan struct{}{}}
+	p := &Proxy{corrupt: map[string]bool{}, stall: map[string]chan struct{}{}, closing: make(chan struct{})}
 	target := &url.URL{Scheme: "http", Host: addr}
 	rp := httputil.NewSingleHostReverseProxy(target)
 	rp.ModifyResponse = p.modify
@@ -229,7 +233,15 @@ func NewProxy(t testing.TB, addr string) *Proxy {
 		p.mu.Lock()
 		p.requests = append(p.requests, Request{Method: r.Method, Path: r.URL.Path, Range: r.Header.Get("Range")})
 		refuse := p.refuseRanges && r.Header.Get("Range") != ""
+		stall := p.stallUploads && strings.Contains(r.URL.Path, "/blobs/uploads/") && (r.Method == http.MethodPatch || r.Method == http.MethodPut)
 		p.mu.Unlock()
+		if stall {
+			select { // reads nothing, answers nothing
+			case <-r.Context().Done():
+			case <-p.closing:
+			}
+			return
+		}
 		if refuse {
 			http.Error(w, "no ranges here", http.StatusRequestedRangeNotSatisfiable)
 			return
@@ -237,6 +249,7 @@ func NewProxy(t testing.TB, addr string) *Proxy {
 		rp.ServeHTTP(w, r)
 	}))
 	t.Cleanup(srv.Close)
+	t.Cleanup(func() { close(p.closing) }) // first: it unblocks what Close waits for
 	p.Addr = strings.TrimPrefix(srv.URL, "http://")
 	return p
 }
@@ -265,6 +278,14 @@ func (p *Proxy) Stall(digest string) <-chan struct{} {
 func (p *Proxy) RefuseRanges() {
 	p.mu.Lock()
 	p.refuseRanges = true
+	p.mu.Unlock()
+}
+
+// StallUploads makes the proxy take no byte of a blob's upload (PATCH or
+// PUT with a body) and never answer it, until the client goes away.
+func (p *Proxy) StallUploads() {
+	p.mu.Lock()
+	p.stallUploads = true
 	p.mu.Unlock()
 }
 
@@ -303,7 +324,7 @@ func (p *Proxy) modify(resp *http.Response) error {
 	case corrupt:
 		resp.Body = &flipReader{r: resp.Body, at: resp.ContentLength / 2}
 	case stalled:
-		resp.Body = &stallReader{r: resp.Body, left: resp.ContentLength / 2, half: stall, ctx: req.Context()}
+		resp.Body = &stallReader{r: resp.Body, left: resp.ContentLength / 2, half: stall, ctx: req.Context(), closing: p.closing}
 	}
 	return nil
 }
@@ -328,18 +349,23 @@ func (f *flipReader) Close() error { return f.r.Close() }
 
 // stallReader passes left bytes, then blocks until ctx ends.
 type stallReader struct {
-	r    io.ReadCloser
-	left int64
-	half chan struct{}
-	ctx  context.Context
-	once sync.Once
+	r       io.ReadCloser
+	left    int64
+	half    chan struct{}
+	ctx     context.Context
+	closing chan struct{}
+	once    sync.Once
 }
 
 func (s *stallReader) Read(b []byte) (int, error) {
 	if s.left <= 0 {
 		s.once.Do(func() { close(s.half) })
-		<-s.ctx.Done()
-		return 0, s.ctx.Err()
+		select {
+		case <-s.ctx.Done():
+			return 0, s.ctx.Err()
+		case <-s.closing:
+			return 0, io.ErrUnexpectedEOF
+		}
 	}
 	if int64(len(b)) > s.left {
 		b = b[:s.left]
