@@ -39,7 +39,7 @@ func lockOutput(dir, final string) (release func(), err error) {
 					holder = fmt.Sprintf(" (pid %d)", pid)
 				}
 			}
-			return nil, fmt.Errorf("another emu build%s is writing %s: wait for it to end", holder, final)
+			return nil, fmt.Errorf("another emu build or pull%s is writing %s: wait for it to end", holder, final)
 		}
 		return nil, fmt.Errorf("lock %s: %w", path, err)
 	}
@@ -47,4 +47,10 @@ func lockOutput(dir, final string) (release func(), err error) {
 		f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
 	}
 	return func() { f.Close() }, nil
+}
+
+// LockOutput takes the same lock for another writer of a bundle directory
+// (emu pull), so that a pull and a build of one name never race for it.
+func LockOutput(locks, final string) (release func(), err error) {
+	return lockOutput(locks, final)
 }

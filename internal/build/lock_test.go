@@ -32,7 +32,7 @@ func TestSecondBuildRefused(t *testing.T) {
 	_, err = Build(context.Background(), Options{Stack: demoStack(t), Home: home, OutDir: out})
 	var be *Error
 	if !errors.As(err, &be) || be.Stage != "prepare" ||
-		!strings.Contains(err.Error(), "another emu build (pid "+strconv.Itoa(os.Getpid())+") is writing "+final) {
+		!strings.Contains(err.Error(), "another emu build or pull (pid "+strconv.Itoa(os.Getpid())+") is writing "+final) {
 		t.Fatalf("second build = %v, want it refused naming the first", err)
 	}
 	if took := time.Since(start); took > 10*time.Second {

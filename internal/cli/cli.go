@@ -61,6 +61,10 @@ func init() {
 		"version": {"print emu's version", runVersion},
 	}
 	verbs["optimize"] = verb{"strip and UPX-compress binaries in place, keeping only results that still run", runOptimize}
+	verbs["push"] = verb{"upload an image to an OCI registry (one index per tag, one entry per architecture)", runPush}
+	verbs["pull"] = verb{"download an image from an OCI registry into the image store, verified", runPull}
+	verbs["images"] = verb{"list the images in the store: name, arch, size, created, origin, digest", runImages}
+	verbs["rmi"] = verb{"remove an image from the store (refused while an instance uses it)", runRmi}
 }
 
 // Main runs emu with args (without the program name) and returns the exit

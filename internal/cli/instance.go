@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 
 	"github.com/emu-dev/emu/internal/bundle"
@@ -20,6 +21,9 @@ type target struct {
 	name   string
 	stack  *spec.Stack // nil when named by bundle or instance name
 	bundle string      // the bundle directory
+	// ref is the registry reference named (up REF); name and bundle are
+	// set when the store holds an image pulled from it.
+	ref string
 }
 
 // resolve names the instance the way every instance verb does: an
@@ -41,6 +45,13 @@ func resolve(ctx context.Context, home store.Home, file string, fileSet bool, ar
 			}
 			dir, _ := filepath.Abs(a)
 			return target{name: m.Name, bundle: dir}, nil
+		}
+		if isRef(a) {
+			t := target{ref: a}
+			if dir := pulledImage(home, a, "", runtime.GOARCH); dir != "" {
+				t.name, t.bundle = filepath.Base(dir), dir
+			}
+			return t, nil
 		}
 		if strings.ContainsAny(a, `/\`) {
 			return target{}, fmt.Errorf("%s is not an image bundle (no %s in it)", a, store.BundleManifest)
@@ -82,6 +93,9 @@ func instanceFlags(ctx context.Context, e *env, verb, usage string, args []strin
 		return store.Home{}, target{}, err
 	}
 	t, err := resolve(ctx, home, *file, flagSet(fs, "f"), pos)
+	if err == nil && t.ref != "" && t.name == "" && verb != "up" {
+		err = withHint{err: fmt.Errorf("no image pulled from %s is in the image store", t.ref), hint: "emu pull " + t.ref + ", or emu up " + t.ref}
+	}
 	return home, t, err
 }
 

@@ -33,7 +33,9 @@ func runUp(ctx context.Context, e *env, args []string) error {
 	var accelFlag *string
 	var timeout *time.Duration
 	var portFlags, envFlags listFlag
-	home, t, err := instanceFlags(ctx, e, "up", "[-f FILE | IMAGE | NAME] [flags]", args, func(fs *flag.FlagSet) {
+	var pf pullFlags
+	home, t, err := instanceFlags(ctx, e, "up", "[-f FILE | IMAGE | NAME | REF] [flags]", args, func(fs *flag.FlagSet) {
+		pf = addPullFlags(fs)
 		jsonOut = fs.Bool("json", false, "print events as JSON lines on stdout")
 		accelFlag = fs.String("accel", "", "accelerator: kvm, hvf or tcg (default: probe)")
 		timeout = fs.Duration("timeout", 0, "bound the wait for every service healthy (default 3m, scaled under tcg)")
@@ -44,6 +46,14 @@ func runUp(ctx context.Context, e *env, args []string) error {
 	})
 	if err != nil {
 		return err
+	}
+	if t.ref != "" {
+		// up REF: the image pulled from REF, pulled now when missing.
+		if t, err = upFromRef(ctx, e, home, t, pf, *jsonOut); err != nil {
+			return err
+		}
+	} else if *pf.name != "" || *pf.arch != "" {
+		return usageError{errors.New("--name and --arch are for emu up REF (an image in a registry)")}
 	}
 	env := map[string]string{}
 	for _, kv := range envFlags {

@@ -25,6 +25,9 @@ const (
 	StageStart  Kind = "stage.start"
 	StageDone   Kind = "stage.done"
 	StageFailed Kind = "stage.failed"
+	// StageProgress reports how far a running stage is, in its Fields
+	// (FieldDone and FieldTotal, in bytes, for a transfer).
+	StageProgress Kind = "stage.progress"
 
 	StepStart  Kind = "step.start"
 	StepOutput Kind = "step.output"
@@ -48,6 +51,12 @@ const (
 	// Done and Failed end a stream; every stream ends with exactly one.
 	Done   Kind = "done"
 	Failed Kind = "failed"
+)
+
+// Fields of a stage.progress event: bytes done so far and in all.
+const (
+	FieldDone  = "done_bytes"
+	FieldTotal = "total_bytes"
 )
 
 // Terminal reports whether k ends a stream.

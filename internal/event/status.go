@@ -81,6 +81,13 @@ func Fold(s Status, e Event) Status {
 			finish(it, e)
 			it.Fields = e.Fields
 		})
+	case StageProgress:
+		s.Stages = upsert(s.Stages, e.Name, func(it *Item) {
+			if it.State == Pending {
+				it.State, it.Start = Running, e.Time
+			}
+			it.Fields = e.Fields
+		})
 	case StepStart:
 		s.Steps = upsert(s.Steps, e.Name, func(it *Item) {
 			*it = Item{Name: e.Name, State: Running, Start: e.Time}

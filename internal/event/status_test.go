@@ -250,3 +250,28 @@ func TestItemElapsed(t *testing.T) {
 		})
 	}
 }
+
+// A transfer's progress updates its running stage's fields; a progress
+// event for a stage not started starts it; done replaces the fields.
+func TestFoldStageProgress(t *testing.T) {
+	p := func(s int, name, done string) Event {
+		return ev(s, StageProgress, name, "").With(FieldDone, done).With(FieldTotal, "100")
+	}
+	st := FoldAll([]Event{
+		ev(0, StageStart, "disk.tar.zst", ""),
+		p(1, "disk.tar.zst", "40"),
+		p(2, "disk.tar.zst", "70"),
+		p(2, "pull", "70"),
+	})
+	want := []Item{
+		{Name: "disk.tar.zst", State: Running, Start: at(0), Fields: map[string]string{FieldDone: "70", FieldTotal: "100"}},
+		{Name: "pull", State: Running, Start: at(2), Fields: map[string]string{FieldDone: "70", FieldTotal: "100"}},
+	}
+	if diff := cmp.Diff(want, st.Stages); diff != "" {
+		t.Errorf("stages (-want +got):\n%s", diff)
+	}
+	st = Fold(st, ev(3, StageDone, "disk.tar.zst", "").With("size", "100"))
+	if it := st.Stages[0]; it.State != Succeeded || it.Fields["size"] != "100" || it.Fields[FieldDone] != "" {
+		t.Errorf("after done: %+v", it)
+	}
+}

@@ -67,6 +67,41 @@ func facts(fields map[string]string) string {
 	return strings.Join(parts, ", ")
 }
 
+// transferFacts renders a transfer's stage (one whose fields count bytes,
+// event.FieldDone): while it runs, "45.1 MB / 120.0 MB, 30.1 MB/s, 2.5s
+// left"; once done, "94.1 MB, 30.3 MB/s". ok is false for other stages.
+func transferFacts(it event.Item, now time.Time) (s string, ok bool) {
+	num := func(k string) (int64, bool) {
+		n, err := strconv.ParseInt(it.Fields[k], 10, 64)
+		return n, err == nil
+	}
+	done, hasDone := num(event.FieldDone)
+	total, hasTotal := num(event.FieldTotal)
+	el := it.Elapsed(now)
+	rate := func(n int64) string {
+		if el < 50*time.Millisecond || n <= 0 {
+			return ""
+		}
+		return ", " + Humanize(int64(float64(n)/el.Seconds())) + "/s"
+	}
+	switch {
+	case it.State == event.Running && hasDone && hasTotal:
+		s = Humanize(done) + " / " + Humanize(total) + rate(done)
+		if el >= 50*time.Millisecond && done > 0 && total > done {
+			left := time.Duration(float64(el) * float64(total-done) / float64(done))
+			s += ", " + Dur(left) + " left"
+		}
+		return s, true
+	case it.State == event.Succeeded && hasDone:
+		size, ok := num(proto.FieldSize)
+		if !ok {
+			size = done
+		}
+		return Humanize(size) + rate(done), true
+	}
+	return "", false
+}
+
 // Symbols for an item's state.
 const (
 	symDone    = "✓"
@@ -120,7 +155,11 @@ func (v view) lines() []string {
 	var out []string
 	stepsDrawn := false
 	for _, it := range v.s.Stages {
-		out = append(out, v.itemLine("  ", it, width, facts(it.Fields)))
+		extra := facts(it.Fields)
+		if tf, ok := transferFacts(it, v.now); ok {
+			extra = tf
+		}
+		out = append(out, v.itemLine("  ", it, width, extra))
 		if it.Name == ProvisionStage {
 			out = append(out, v.stepLines(stepWidth)...)
 			stepsDrawn = true

@@ -40,9 +40,20 @@ func (r *Renderer) describe(e event.Event) string {
 		}
 		return line
 	case event.StageStart:
+		if _, ok := e.Fields[event.FieldTotal]; ok {
+			return "" // a transfer: its one line comes when it ends
+		}
 		return withMsg("stage "+e.Name+": started", e.Msg)
+	case event.StageProgress:
+		return ""
 	case event.StageDone:
 		it, _ := find(s.Stages, e.Name)
+		if tf, ok := transferFacts(it, e.Time); ok {
+			return e.Name + ": " + Dur(it.Elapsed(e.Time)) + paren(tf)
+		}
+		if e.Fields[proto.FieldCached] == "true" && e.Msg != "" {
+			return withMsg(e.Name+paren(facts(e.Fields)), e.Msg)
+		}
 		return "stage " + e.Name + ": done in " + Dur(it.Elapsed(e.Time)) + paren(facts(e.Fields))
 	case event.StageFailed:
 		it, _ := find(s.Stages, e.Name)

@@ -56,6 +56,12 @@ func xdg(v, def, name string) string {
 // Images is the image store: one bundle directory per stack name.
 func (h Home) Images() string { return filepath.Join(h.Data, "images") }
 
+// Blobs holds the blobs of pulls not yet placed, by digest
+// (blobs/sha256/<hex>, and <hex>.partial while one downloads): an
+// interrupted pull resumes from them. It sits beside Images so that a
+// finished blob moves into its bundle with a rename.
+func (h Home) Blobs() string { return filepath.Join(h.Data, "blobs") }
+
 // RootfsCache holds root filesystem tarballs by content hash.
 func (h Home) RootfsCache() string { return filepath.Join(h.Cache, "rootfs") }
 
@@ -141,6 +147,9 @@ const (
 	BundleInitrd   = "initrd.img"
 	BundleManifest = "manifest.json"
 	BundleLog      = "provision.log"
+	// BundleOrigin records where a pulled bundle came from (its reference
+	// and manifest digest); a bundle built here has none.
+	BundleOrigin = "origin.json"
 )
 
 // Build work directory file names.
