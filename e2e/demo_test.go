@@ -44,7 +44,7 @@ func TestDemoBuildAndVerify(t *testing.T) {
 
 	home := newHome(t)
 
-	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 35*time.Minute)
 	defer cancel()
 	stack := filepath.Join(demo, "emu.yaml")
 	out := t.TempDir()
@@ -94,6 +94,8 @@ func TestDemoBuildAndVerify(t *testing.T) {
 
 	t.Run("lifecycle", func(t *testing.T) { lifecycle(ctx, t, home, dir) })
 	t.Run("durability", func(t *testing.T) { durability(ctx, t, home, dir) })
+	t.Run("load", func(t *testing.T) { load(ctx, t, home, dir) })
+	t.Run("registry", func(t *testing.T) { registry(ctx, t, dir) })
 }
 
 // needDebian skips (fails in CI) without what a Debian build needs, and

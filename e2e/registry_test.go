@@ -2,8 +2,6 @@ package e2e
 
 import (
 	"context"
-	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -14,34 +12,17 @@ import (
 	"github.com/emu-dev/emu/internal/store"
 )
 
-// TestDemoPushPullUp builds the demo, pushes it to a local registry
-// (Debian's docker-registry), and runs it the way a developer who never
-// built it does: a fresh EMU_HOME, `emu up REF`, which pulls the image,
-// then starts it; the API answers with the rows the build seeded.
-func TestDemoPushPullUp(t *testing.T) {
-	root := needDebian(t)
+// registry pushes the demo bundle built by TestDemoBuildAndVerify to a
+// local registry (Debian's docker-registry) and runs it the way a
+// developer who never built it does: a fresh EMU_HOME, `emu up REF`, which
+// pulls the image, then starts it; the API answers with the rows the build
+// seeded.
+func registry(ctx context.Context, t *testing.T, bundleDir string) {
 	regtest.NoDockerConfig(t)
 	reg := regtest.Start(t, regtest.Options{})
-	demo := t.TempDir()
-	b, err := os.ReadFile(filepath.Join(root, "examples/demo/emu.yaml"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(demo, "emu.yaml"), b, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	gobuild(t, root, filepath.Join(demo, "bin/demo-api"), "./examples/demo/cmd/demo-api")
-
-	newHome(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
-	defer cancel()
-	out := t.TempDir()
-	if _, stderr, code := run(ctx, "build", "-f", filepath.Join(demo, "emu.yaml"), "--out", out, "--json"); code != 0 {
-		t.Fatalf("emu build exited %d:\n%s", code, stderr)
-	}
 	ref := reg.Addr + "/emu/demo:e2e"
 	start := time.Now()
-	if _, stderr, code := run(ctx, "push", ref, filepath.Join(out, "demo")); code != 0 {
+	if _, stderr, code := run(ctx, "push", ref, bundleDir); code != 0 {
 		t.Fatalf("emu push exited %d:\n%s", code, stderr)
 	}
 	t.Logf("push: %s", time.Since(start))
@@ -51,7 +32,7 @@ func TestDemoPushPullUp(t *testing.T) {
 	t.Setenv("EMU_HOME", home)
 	mark := store.At(home).Instance("demo").Dir
 	t.Cleanup(func() {
-		run(context.Background(), "down", "demo")
+		run(context.Background(), "down", "demo", "--poweroff")
 		for _, pid := range qemuPids(mark) {
 			syscall.Kill(pid, syscall.SIGKILL)
 		}
