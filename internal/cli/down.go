@@ -143,6 +143,9 @@ func runReset(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return failed(sink, t.name, err)
 	}
+	if _, suspended := instance.Suspended(inst); suspended {
+		msg = t.name + " is suspended: its saved state goes with its data"
+	}
 	// Said as a step, not the outcome: the reset is the outcome.
 	sink.Emit(event.New(event.Log, "", msg))
 	if *template {
