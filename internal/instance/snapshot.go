@@ -351,7 +351,7 @@ func DiskFull(inst store.Instance) string {
 	free := "unknown space"
 	var st syscall.Statfs_t
 	if err := syscall.Statfs(inst.Dir, &st); err == nil {
-		free = humanBytes(int64(st.Bavail) * st.Bsize)
+		free = humanBytes(int64(st.Bavail) * int64(st.Bsize))
 	}
 	return fmt.Sprintf("the guest is paused: a write to its disk found no space on the filesystem of %s (%s free); "+
 		"nothing is lost: free space there, then run emu up to let it go on", inst.Dir, free)
