@@ -103,7 +103,7 @@ func TestContainersBuildAndRun(t *testing.T) {
 	inst := store.At(home).Instance("containers")
 	mark := inst.Dir
 	t.Cleanup(func() {
-		run(context.Background(), "down", dir)
+		run(context.Background(), "down", dir, "--poweroff")
 		for _, pid := range qemuPids(mark) {
 			syscall.Kill(pid, syscall.SIGKILL)
 		}
@@ -117,9 +117,9 @@ func TestContainersBuildAndRun(t *testing.T) {
 			t.Fatalf("emu up exited %d:\n%s", code, stderr)
 		}
 	}
-	down := func() {
+	down := func(extra ...string) {
 		t.Helper()
-		if _, stderr, code := run(ctx, "down", dir); code != 0 {
+		if _, stderr, code := run(ctx, append([]string{"down", dir}, extra...)...); code != 0 {
 			t.Fatalf("emu down exited %d:\n%s", code, stderr)
 		}
 		if pids := qemuPids(mark); len(pids) > 0 {
@@ -146,6 +146,8 @@ func TestContainersBuildAndRun(t *testing.T) {
 	if logs, stderr, code := run(ctx, "logs", "--file", stack, "api"); code != 0 || !strings.Contains(logs, "listening") {
 		t.Errorf("emu logs api: exit %d: %s%s", code, logs, stderr)
 	}
+	// down suspends; the up below resumes it, and its new -e values
+	// restart the container that reads them.
 	down()
 	// -e reaches the container (through the runtime env file): it turns
 	// on the API's POST /exit.
@@ -182,9 +184,10 @@ func TestContainersBuildAndRun(t *testing.T) {
 	// Without an init passing SIGTERM on, the handler-less API as its
 	// container's PID 1 would outlive SIGTERM, and its unit's stop would
 	// wait out TimeoutStopSec (30 s) before the kill. The agent times each
-	// service's stop, in the guest, and says so on the console.
+	// service's stop, in the guest, and says so on the console. (A plain
+	// down suspends: nothing stops then.)
 	start := time.Now()
-	down()
+	down("--poweroff")
 	t.Logf("down of a container without a SIGTERM handler took %s", time.Since(start).Round(time.Millisecond))
 	console, err := os.ReadFile(inst.Serial())
 	if err != nil {
