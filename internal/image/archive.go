@@ -10,10 +10,10 @@ import (
 	"io"
 	"os"
 	"path"
-	"path/filepath"
 	"regexp"
 	"strings"
 
+	"github.com/emu-dev/emu/internal/disk"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 )
 
@@ -241,38 +241,7 @@ func WriteDockerArchive(ctx context.Context, dst string, imgs []Image) error {
 		cp.Refs = want.Refs
 		founds = append(founds, &cp)
 	}
-	return writeAtomic(dst, func(w io.Writer) error { return writeFound(ctx, w, founds) })
-}
-
-// writeAtomic writes dst through write, under a temporary name beside it,
-// synced and renamed into place: on error, dst is left as it was.
-func writeAtomic(dst string, write func(io.Writer) error) (err error) {
-	f, err := os.CreateTemp(filepath.Dir(dst), "."+filepath.Base(dst)+".tmp*")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", dst, err)
-	}
-	defer func() {
-		if err != nil {
-			f.Close()
-			os.Remove(f.Name())
-		}
-	}()
-	if err := write(f); err != nil {
-		return fmt.Errorf("write %s: %w", dst, err)
-	}
-	if err := f.Chmod(0o644); err != nil {
-		return fmt.Errorf("write %s: %w", dst, err)
-	}
-	if err := f.Sync(); err != nil {
-		return fmt.Errorf("write %s: %w", dst, err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("write %s: %w", dst, err)
-	}
-	if err := os.Rename(f.Name(), dst); err != nil {
-		return fmt.Errorf("write %s: %w", dst, err)
-	}
-	return nil
+	return disk.WriteAtomic(dst, 0o644, func(w io.Writer) error { return writeFound(ctx, w, founds) })
 }
 
 // writeFound writes imgs as one docker-archive, named by their Refs.

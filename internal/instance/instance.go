@@ -25,6 +25,7 @@ import (
 	"github.com/emu-dev/emu/internal/disk"
 	"github.com/emu-dev/emu/internal/event"
 	"github.com/emu-dev/emu/internal/machine"
+	"github.com/emu-dev/emu/internal/progress"
 	"github.com/emu-dev/emu/internal/proto"
 	"github.com/emu-dev/emu/internal/qemu"
 	"github.com/emu-dev/emu/internal/qmp"
@@ -416,7 +417,7 @@ func Up(ctx context.Context, o UpOptions) (Info, error) {
 				_ = g.Send(proto.Request{Op: proto.OpResume, ID: "after-snapshot", Time: time.Now()})
 			}
 			info.Timings.Snapshot = saved.Took
-			say(fmt.Sprintf("ready snapshot saved in %s (%s)", saved.Took.Round(time.Millisecond), humanBytes(saved.Size)))
+			say(fmt.Sprintf("ready snapshot saved in %s (%s)", saved.Took.Round(time.Millisecond), progress.Humanize(saved.Size)))
 			return writeInfo(inst, info)
 		}},
 	})
@@ -537,18 +538,6 @@ func recordStart(o UpOptions, sum string, pid int, kind string) error {
 func oneLine(err error) string {
 	s, _, _ := strings.Cut(err.Error(), "\n")
 	return s
-}
-
-// humanBytes renders n as "83 MB".
-func humanBytes(n int64) string {
-	switch {
-	case n >= 1e9:
-		return fmt.Sprintf("%.1f GB", float64(n)/1e9)
-	case n >= 1e6:
-		return fmt.Sprintf("%.0f MB", float64(n)/1e6)
-	default:
-		return fmt.Sprintf("%d kB", n/1000)
-	}
 }
 
 // Stop shuts the instance down, each way tried only when the one before

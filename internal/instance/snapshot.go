@@ -14,8 +14,10 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/emu-dev/emu/internal/disk"
 	"github.com/emu-dev/emu/internal/event"
 	"github.com/emu-dev/emu/internal/machine"
+	"github.com/emu-dev/emu/internal/progress"
 	"github.com/emu-dev/emu/internal/qmp"
 	"github.com/emu-dev/emu/internal/store"
 )
@@ -118,7 +120,9 @@ func validTemplate(diskCache string, key machine.StateKey) (*source, bool) {
 // moved on.
 func removeSavedState(inst store.Instance) error {
 	var errs []error
-	for _, p := range []string{inst.SavedMeta(), inst.SavedState(), inst.SavedState() + ".tmp", inst.SavedMeta() + ".tmp", inst.SuspendFailed()} {
+	// The state's temporary file (SaveState) and the meta's (disk.WriteAtomic).
+	tmps, _ := filepath.Glob(filepath.Join(inst.Dir, "."+filepath.Base(inst.SavedMeta())+".tmp*"))
+	for _, p := range append([]string{inst.SavedMeta(), inst.SavedState(), inst.SavedState() + ".tmp", inst.SuspendFailed()}, tmps...) {
 		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
 			errs = append(errs, err)
 		}
@@ -310,31 +314,18 @@ func captureTemplate(ctx context.Context, o UpOptions, key machine.StateKey) (ma
 	return saved, nil
 }
 
-// copyFile copies src to dst through a temporary name, synced, mode 0600.
+// copyFile copies src to dst atomically, mode 0600 (disk.WriteAtomic).
 func copyFile(src, dst string) error {
 	in, err := os.Open(src)
 	if err != nil {
 		return err
 	}
 	defer in.Close()
-	tmp := dst + ".tmp"
-	out, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
-	if err != nil {
+	if err := disk.WriteAtomic(dst, 0o600, func(w io.Writer) error {
+		_, err := io.Copy(w, in)
 		return err
-	}
-	_, err = io.Copy(out, in)
-	if err == nil {
-		err = out.Sync()
-	}
-	if cerr := out.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, dst)
-	}
-	if err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("copy %s to %s: %w", src, dst, err)
+	}); err != nil {
+		return fmt.Errorf("copy %s: %w", src, err)
 	}
 	return nil
 }
@@ -351,7 +342,7 @@ func DiskFull(inst store.Instance) string {
 	free := "unknown space"
 	var st syscall.Statfs_t
 	if err := syscall.Statfs(inst.Dir, &st); err == nil {
-		free = humanBytes(int64(st.Bavail) * int64(st.Bsize))
+		free = progress.Humanize(int64(st.Bavail) * int64(st.Bsize))
 	}
 	return fmt.Sprintf("the guest is paused: a write to its disk found no space on the filesystem of %s (%s free); "+
 		"nothing is lost: free space there, then run emu up to let it go on", inst.Dir, free)
