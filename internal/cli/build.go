@@ -72,12 +72,7 @@ func buildStack(ctx context.Context, e *env, r buildRequest) (*build.Result, err
 	if err != nil {
 		return nil, err
 	}
-	mode := progress.Detect(e.stderr, r.json, e.getenv)
-	w := e.stderr
-	if mode == progress.JSON {
-		w = e.stdout
-	}
-	view := progress.New(w, mode, progress.WithStages(build.StagesFor(r.stack)...))
+	view, mode := e.newView(r.json, progress.WithStages(build.StagesFor(r.stack)...))
 	res, err := build.Build(ctx, build.Options{
 		Stack:         r.stack,
 		Home:          r.home,

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"sort"
 
+	"github.com/emu-dev/emu/internal/progress"
 	"github.com/emu-dev/emu/internal/spec"
 )
 
@@ -232,4 +233,15 @@ func runSchema(_ context.Context, e *env, args []string) error {
 	}
 	_, err := e.stdout.Write(spec.Schema())
 	return err
+}
+
+// newView is a command's progress: on stderr, as a live view on a
+// terminal or plain lines without one; with --json, JSON lines on stdout.
+func (e *env) newView(jsonOut bool, opts ...progress.Option) (*progress.Renderer, progress.Mode) {
+	mode := progress.Detect(e.stderr, jsonOut, e.getenv)
+	w := e.stderr
+	if mode == progress.JSON {
+		w = e.stdout
+	}
+	return progress.New(w, mode, opts...), mode
 }

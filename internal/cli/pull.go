@@ -77,12 +77,7 @@ func pullImage(ctx context.Context, e *env, home store.Home, ref string, pf pull
 			return oci.PullResult{}, usageError{fmt.Errorf("--name: %w", err)}
 		}
 	}
-	mode := progress.Detect(e.stderr, jsonOut, e.getenv)
-	w := e.stderr
-	if mode == progress.JSON {
-		w = e.stdout
-	}
-	view := progress.New(w, mode)
+	view, mode := e.newView(jsonOut)
 	start := time.Now()
 	res, err := oci.Pull(ctx, oci.PullOptions{
 		Options:    pf.options(view),

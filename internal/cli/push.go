@@ -37,12 +37,7 @@ func runPush(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 
-	mode := progress.Detect(e.stderr, *jsonOut, e.getenv)
-	w := e.stderr
-	if mode == progress.JSON {
-		w = e.stdout
-	}
-	view := progress.New(w, mode)
+	view, mode := e.newView(*jsonOut)
 	start := time.Now()
 	res, err := oci.Push(ctx, oci.PushOptions{Options: rf.options(view), Ref: ref, Bundles: dirs, Version: Version})
 	if err != nil {

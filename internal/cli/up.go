@@ -109,12 +109,7 @@ func runUp(ctx context.Context, e *env, args []string) error {
 	for _, f := range fwds {
 		mports = append(mports, proto.Forward{Service: f.Service, Name: f.Name, Guest: f.Guest, Host: f.Host})
 	}
-	mode := progress.Detect(e.stderr, *jsonOut, e.getenv)
-	w := e.stderr
-	if mode == progress.JSON {
-		w = e.stdout
-	}
-	view := progress.New(w, mode)
+	view, mode := e.newView(*jsonOut)
 	start := time.Now()
 	info, err := instance.Up(ctx, instance.UpOptions{
 		Instance: inst, DiskCache: home.DiskCache(), Bundle: t.bundle, Manifest: man, Accel: choice, Ports: mports,

@@ -51,12 +51,7 @@ func runVerify(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	mode := progress.Detect(e.stderr, *jsonOut, e.getenv)
-	w := e.stderr
-	if mode == progress.JSON {
-		w = e.stdout
-	}
-	view := progress.New(w, mode)
+	view, mode := e.newView(*jsonOut)
 	t, err := machine.Verify(ctx, machine.VerifyOptions{
 		Bundle: dir, DiskCache: home.DiskCache(), Accel: choice, WorkDir: home.Work(), LogDir: home.VerifyLogs(man.Name),
 		Timeout: *timeout, Sink: view, Log: e.log,
