@@ -299,11 +299,7 @@ func lifecycle(ctx context.Context, t *testing.T, home, bundleDir string) {
 // the host through the forwarded ports, at the addresses emu env prints.
 func databases(ctx context.Context, t *testing.T, bundleDir string) {
 	t.Helper()
-	out, stderr, code := run(ctx, "env", "--json", bundleDir)
-	var env map[string]string
-	if code != 0 || json.Unmarshal([]byte(out), &env) != nil {
-		t.Fatalf("emu env --json: exit %d: %s%s", code, out, stderr)
-	}
+	env := emuEnv(ctx, t, bundleDir)
 	qctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
 	conn, err := pgx.Connect(qctx, env["DATABASE_URL"])
@@ -330,14 +326,22 @@ func databases(ctx context.Context, t *testing.T, bundleDir string) {
 	}
 }
 
-// postmasterStart is PostgreSQL's start time, which only its memory holds.
-func postmasterStart(ctx context.Context, t *testing.T, bundleDir string) string {
+// emuEnv is `emu env --json` of the instance: its connect values and
+// ports.
+func emuEnv(ctx context.Context, t *testing.T, bundleDir string) map[string]string {
 	t.Helper()
 	out, stderr, code := run(ctx, "env", "--json", bundleDir)
 	var env map[string]string
 	if code != 0 || json.Unmarshal([]byte(out), &env) != nil {
 		t.Fatalf("emu env --json: exit %d: %s%s", code, out, stderr)
 	}
+	return env
+}
+
+// postmasterStart is PostgreSQL's start time, which only its memory holds.
+func postmasterStart(ctx context.Context, t *testing.T, bundleDir string) string {
+	t.Helper()
+	env := emuEnv(ctx, t, bundleDir)
 	qctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
 	conn, err := pgx.Connect(qctx, env["DATABASE_URL"])

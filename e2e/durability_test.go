@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"strconv"
 	"strings"
@@ -156,11 +155,7 @@ func durability(ctx context.Context, t *testing.T, home, bundleDir string) {
 	}
 	dbURL := func() string {
 		t.Helper()
-		out, stderr, code := run(ctx, "env", "--json", bundleDir)
-		var env map[string]string
-		if code != 0 || json.Unmarshal([]byte(out), &env) != nil {
-			t.Fatalf("emu env --json: exit %d: %s%s", code, out, stderr)
-		}
+		env := emuEnv(ctx, t, bundleDir)
 		return env["DATABASE_URL"]
 	}
 

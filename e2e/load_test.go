@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -48,12 +47,10 @@ func load(ctx context.Context, t *testing.T, home, bundleDir string) {
 		"--port=postgres.sql="+strconv.Itoa(freePort(t)), "--port=valkey.resp="+strconv.Itoa(freePort(t))); code != 0 {
 		t.Fatalf("emu up exited %d:\n%s", code, stderr)
 	}
-	out, stderr, code := run(ctx, "env", "--json", bundleDir)
-	var env map[string]string
-	if code != 0 || json.Unmarshal([]byte(out), &env) != nil || env["API_URL"] == "" {
-		t.Fatalf("emu env --json: exit %d: %s%s", code, out, stderr)
+	base := emuEnv(ctx, t, bundleDir)["API_URL"]
+	if base == "" {
+		t.Fatal("emu env --json: no API_URL")
 	}
-	base := env["API_URL"]
 	const clients = 64
 	dur := loadDuration(t)
 	// A request that takes longer than this failed. Under TCG a few take
