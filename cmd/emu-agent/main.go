@@ -58,6 +58,7 @@ func run(ctx context.Context) error {
 		// guest; the runtime env exists only where services read it.
 		SetClock:   agent.SetClock,
 		AddEntropy: agent.AddEntropy,
+		Redirect:   (&agent.NAT{Iface: "eth0", Addr: agent.GuestAddr}).Redirect,
 	}
 	if _, err := os.Stat("/run/systemd/system"); err == nil {
 		opts.System = agent.Systemd{}

@@ -44,6 +44,10 @@ type Options struct {
 	// RelayAddr is where the host's forwards arrive: GuestAddr by default;
 	// tests use another loopback address.
 	RelayAddr string
+	// Redirect, when set, sends the forwards to guest port port (held
+	// on 127.0.0.1 only) to that listener in the kernel instead of through
+	// a relay (NAT.Redirect).
+	Redirect func(port int) error
 	// Engine is the container engine; nil when the guest has none.
 	Engine Engine
 	// SysBlock is sysfs's block directory (default /sys/block), where

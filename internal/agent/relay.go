@@ -26,9 +26,11 @@ var loopbacks = []string{"127.0.0.1", "::1"}
 // some socket holds on the guest's address (a service listening on all
 // addresses, the usual case) keeps the direct path. A port free there but
 // held on the loopback (PostgreSQL, Valkey, MariaDB as Debian ships them)
-// gets a relay: the agent listens on addr:port and splices each connection
-// to the loopback listener. A port nobody listens on is reported, and the
-// host's reachability check names it.
+// gets a path to it: on 127.0.0.1 a NAT rule in the guest's kernel
+// (Options.Redirect) where it can, else, and on ::1, a relay: the agent
+// listens on addr:port and splices each connection to the loopback
+// listener. A port nobody listens on is reported, and the host's
+// reachability check names it.
 //
 // It runs once every service is healthy, so their listeners are up. A
 // service restarted later keeps its listener and so its relay.
@@ -39,21 +41,33 @@ func (a *Agent) relayPorts(ctx context.Context, addr string, ports []proto.Forwa
 		if errors.Is(err, syscall.EADDRINUSE) {
 			continue // direct: the service listens on the guest's address
 		}
+		note := func(reach, more string) {
+			a.emit(event.New(event.Log, p.Service, "port "+p.Name+": "+reach+more).
+				With(event.FieldPort, p.Name).With(event.FieldReach, reach))
+		}
 		if err != nil {
-			a.emit(event.New(event.Log, p.Service, fmt.Sprintf("port %s: check guest port %s: %v", p.Name, port, err)))
+			note(fmt.Sprintf("cannot check guest port %s: %v", port, err), "")
 			continue
 		}
 		target := loopbackListener(ctx, port)
 		if target == "" {
 			ln.Close()
-			a.emit(event.New(event.Log, p.Service, fmt.Sprintf("port %s: nothing listens on guest port %s", p.Name, port)))
+			note("nothing listens on guest port "+port, "")
 			continue
+		}
+		if a.opts.Redirect != nil && target == net.JoinHostPort("127.0.0.1", port) {
+			err := a.opts.Redirect(p.Guest)
+			if err == nil {
+				ln.Close()
+				note(fmt.Sprintf("guest port %s listens on %s only", port, target), ": the kernel forwards to it (NAT)")
+				continue
+			}
+			a.emit(event.New(event.Log, p.Service, fmt.Sprintf("port %s: %v: relaying instead", p.Name, err)))
 		}
 		if !a.keepRelay(ln) {
 			return // the agent is ending
 		}
-		a.emit(event.New(event.Log, p.Service, fmt.Sprintf("port %s: guest port %s listens on %s only: relaying %s to it",
-			p.Name, port, target, net.JoinHostPort(addr, port))))
+		note(fmt.Sprintf("guest port %s listens on %s only", port, target), ": relaying "+net.JoinHostPort(addr, port)+" to it")
 		go relay(ctx, ln, target)
 	}
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"io"
 	"net"
-	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -12,6 +11,7 @@ import (
 
 	"github.com/emu-dev/emu/internal/event"
 	"github.com/emu-dev/emu/internal/proto"
+	"github.com/emu-dev/emu/internal/vmtest"
 )
 
 // echo serves on ln: each connection gets back what it sent, prefixed.
@@ -169,56 +169,25 @@ func BenchmarkRelay(b *testing.B) {
 	a.relayPorts(ctx, "127.0.0.2", []proto.Forward{{Service: "db", Name: "sql", Guest: loopPort}})
 	defer a.closeRelays()
 
-	type result struct {
-		p50, p99 time.Duration
-		mbps     float64
-	}
-	measure := func(addr string) result {
-		c, err := net.Dial("tcp", addr)
+	measure := func(addr string) vmtest.EchoResult {
+		r, err := vmtest.MeasureEcho(addr, 1000, 100<<20)
 		if err != nil {
 			b.Fatal(err)
 		}
-		defer c.Close()
-		buf := make([]byte, 64)
-		lat := make([]time.Duration, 1000)
-		for i := range lat {
-			start := time.Now()
-			if _, err := c.Write(buf); err != nil {
-				b.Fatal(err)
-			}
-			if _, err := io.ReadFull(c, buf); err != nil {
-				b.Fatal(err)
-			}
-			lat[i] = time.Since(start)
-		}
-		slices.Sort(lat)
-		// 100 MB there and back through the echo: count one way.
-		const total = 100 << 20
-		chunk := make([]byte, 1<<20)
-		start := time.Now()
-		go func() {
-			for range total / len(chunk) {
-				c.Write(chunk)
-			}
-		}()
-		if _, err := io.CopyN(io.Discard, c, total); err != nil {
-			b.Fatal(err)
-		}
-		secs := time.Since(start).Seconds()
-		return result{lat[len(lat)/2], lat[len(lat)*99/100], total / secs / 1e6}
+		return r
 	}
-	var direct, relayed result
+	var direct, relayed vmtest.EchoResult
 	for b.Loop() {
 		direct = measure("127.0.0.2:" + strconv.Itoa(allPort))
 		relayed = measure("127.0.0.2:" + strconv.Itoa(loopPort))
 	}
 	us := func(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1000 }
-	b.ReportMetric(us(direct.p50), "direct-p50-us")
-	b.ReportMetric(us(relayed.p50), "relay-p50-us")
-	b.ReportMetric(us(direct.p99), "direct-p99-us")
-	b.ReportMetric(us(relayed.p99), "relay-p99-us")
-	b.ReportMetric(direct.mbps, "direct-MB/s")
-	b.ReportMetric(relayed.mbps, "relay-MB/s")
-	b.ReportMetric(us(relayed.p50)/us(direct.p50), "p50-ratio")
-	b.ReportMetric(direct.mbps/relayed.mbps, "throughput-ratio")
+	b.ReportMetric(us(direct.P50), "direct-p50-us")
+	b.ReportMetric(us(relayed.P50), "relay-p50-us")
+	b.ReportMetric(us(direct.P99), "direct-p99-us")
+	b.ReportMetric(us(relayed.P99), "relay-p99-us")
+	b.ReportMetric(direct.MBps, "direct-MB/s")
+	b.ReportMetric(relayed.MBps, "relay-MB/s")
+	b.ReportMetric(us(relayed.P50)/us(direct.P50), "p50-ratio")
+	b.ReportMetric(direct.MBps/relayed.MBps, "throughput-ratio")
 }

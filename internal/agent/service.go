@@ -302,12 +302,18 @@ func probe(ctx context.Context, h proto.Health) error {
 	defer cancel()
 	switch {
 	case h.TCP > 0:
+		// 127.0.0.1, then ::1: a service may listen on either loopback
+		// only (or on all addresses, which both reach).
 		var d net.Dialer
-		c, err := d.DialContext(pctx, "tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(h.TCP)))
-		if err != nil {
-			return err
+		var errs []error
+		for _, ip := range loopbacks {
+			c, err := d.DialContext(pctx, "tcp", net.JoinHostPort(ip, strconv.Itoa(h.TCP)))
+			if err == nil {
+				return c.Close()
+			}
+			errs = append(errs, err)
 		}
-		return c.Close()
+		return errors.Join(errs...)
 	case h.HTTPPort > 0:
 		url := "http://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(h.HTTPPort)) + h.HTTPPath
 		req, err := http.NewRequestWithContext(pctx, http.MethodGet, url, nil)

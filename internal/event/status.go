@@ -58,7 +58,18 @@ type Status struct {
 	FailedName string
 	Start      time.Time
 	Last       time.Time
+	// Ports holds what the agent found at each forwarded guest port, by
+	// SERVICE.PORT: "relayed from 127.0.0.1:5432", "nothing listens on
+	// guest port 7002" (a log event with the field FieldPort).
+	Ports map[string]string
 }
+
+// FieldPort names the forwarded port a log event is about; FieldReach
+// says, in a few words, what listens there.
+const (
+	FieldPort  = "port"
+	FieldReach = "reach"
+)
 
 // Fold applies e to s and returns the result. s is not shared with the
 // result's slices only when the caller does not keep s: Fold is meant to be
@@ -122,6 +133,15 @@ func Fold(s Status, e Event) Status {
 				it.Fields = e.Fields
 			}
 		})
+	case Log:
+		if port, reach := e.Fields[FieldPort], e.Fields[FieldReach]; port != "" && reach != "" {
+			m := make(map[string]string, len(s.Ports)+1)
+			for k, v := range s.Ports {
+				m[k] = v
+			}
+			m[e.Name+"."+port] = reach
+			s.Ports = m
+		}
 	case Ready:
 		s.Ready = true
 	case Done:

@@ -275,3 +275,30 @@ func TestFoldStageProgress(t *testing.T) {
 		t.Errorf("after done: %+v", it)
 	}
 }
+
+// A log event about a forwarded port records what the agent found there,
+// by SERVICE.PORT; other log events leave Ports alone.
+func TestFoldPortNotes(t *testing.T) {
+	var s Status
+	s = Fold(s, New(Log, "db", "port sql: guest port 5432 listens on 127.0.0.1:5432 only: relaying").
+		With(FieldPort, "sql").With(FieldReach, "guest port 5432 listens on 127.0.0.1:5432 only"))
+	before := s
+	s = Fold(s, New(Log, "cache", "port resp: nothing listens on guest port 6379").
+		With(FieldPort, "resp").With(FieldReach, "nothing listens on guest port 6379"))
+	s = Fold(s, New(Log, "api", "a line of its own"))
+	want := map[string]string{
+		"db.sql":     "guest port 5432 listens on 127.0.0.1:5432 only",
+		"cache.resp": "nothing listens on guest port 6379",
+	}
+	if len(s.Ports) != len(want) {
+		t.Fatalf("Ports = %v, want %v", s.Ports, want)
+	}
+	for k, v := range want {
+		if s.Ports[k] != v {
+			t.Errorf("Ports[%s] = %q, want %q", k, s.Ports[k], v)
+		}
+	}
+	if len(before.Ports) != 1 {
+		t.Errorf("a later fold changed an earlier status: %v", before.Ports)
+	}
+}

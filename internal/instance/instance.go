@@ -384,7 +384,9 @@ func Up(ctx context.Context, o UpOptions) (Info, error) {
 			},
 			undo: func(ctx context.Context) { sess.Abort(ctx) },
 		},
-		{name: "reachable", do: func(ctx context.Context) error { return machine.CheckReachable(ctx, "up", o.Manifest, o.Ports) }},
+		{name: "reachable", do: func(ctx context.Context) error {
+			return machine.CheckReachable(ctx, "up", o.Manifest, o.Ports, sess.Status().Ports)
+		}},
 		{name: "record", do: func(context.Context) error {
 			var err error
 			if info, err = ReadInfo(inst); err != nil {

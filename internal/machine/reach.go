@@ -35,8 +35,9 @@ const (
 // host port; any other port a TCP connection that QEMU's forward does
 // not close at once (it accepts on the host, then closes when nothing
 // answers in the guest).
-// op names the check in its errors ("up", "verify").
-func CheckReachable(ctx context.Context, op string, man bundle.Manifest, ports []proto.Forward) error {
+// op names the check in its errors ("up", "verify"); found is what the
+// agent found at each guest port (event.Status.Ports), said in an error.
+func CheckReachable(ctx context.Context, op string, man bundle.Manifest, ports []proto.Forward, found map[string]string) error {
 	// In parallel: a quiet port costs its read deadline, and a stack has
 	// several.
 	errs := make([]error, len(ports))
@@ -58,10 +59,16 @@ func CheckReachable(ctx context.Context, op string, man bundle.Manifest, ports [
 				t.Stop()
 			}
 			if err != nil {
-				errs[i] = &GuestError{Op: op, Service: f.Service,
+				ge := &GuestError{Op: op, Service: f.Service,
 					Err: fmt.Errorf("port %s (%s -> guest port %d) does not answer from the host: %w", f.Name, f.URL(), f.Guest, err),
 					Hint: "the service is healthy inside the guest but not where the forward arrives: the agent's notes above say " +
 						"what listens on the guest port (it relays a service on 127.0.0.1 or ::1 by itself)"}
+				if why := found[f.Key()]; why != "" {
+					ge.Err = fmt.Errorf("port %s (%s -> guest port %d) does not answer from the host: %s (%w)", f.Name, f.URL(), f.Guest, why, err)
+					ge.Hint = "the service is healthy inside the guest but not where the forward arrives: check the port it " +
+						"listens on against the stack file's ports (emu relays a service on 127.0.0.1 or ::1 by itself)"
+				}
+				errs[i] = ge
 			}
 		}()
 	}

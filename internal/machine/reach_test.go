@@ -87,16 +87,17 @@ func TestCheckReachable(t *testing.T) {
 		{Service: "api", Name: "http", Guest: 8080, Host: httpPort},
 		{Service: "db", Name: "sql", Guest: 5432, Host: quietListener(t)},
 	}
-	if err := CheckReachable(context.Background(), "up", man, good); err != nil {
+	if err := CheckReachable(context.Background(), "up", man, good, nil); err != nil {
 		t.Errorf("reachable forwards: %v", err)
 	}
 	closed := closingListener(t)
-	err := CheckReachable(context.Background(), "up", man, append(good, proto.Forward{Service: "cache", Name: "resp", Guest: 6379, Host: closed}))
+	found := map[string]string{"cache.resp": "nothing listens on guest port 6379"}
+	err := CheckReachable(context.Background(), "up", man, append(good, proto.Forward{Service: "cache", Name: "resp", Guest: 6379, Host: closed}), found)
 	ge := AsGuestError(err)
 	if ge == nil || ge.Service != "cache" || ge.Hint == "" {
 		t.Fatalf("error = %v, want a guest error naming cache with a hint", err)
 	}
-	for _, want := range []string{"port resp (127.0.0.1:" + strconv.Itoa(closed) + " -> guest port 6379) does not answer from the host",
+	for _, want := range []string{"port resp (127.0.0.1:" + strconv.Itoa(closed) + " -> guest port 6379) does not answer from the host: nothing listens on guest port 6379",
 		"closed at once"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q lacks %q", err, want)
@@ -104,7 +105,7 @@ func TestCheckReachable(t *testing.T) {
 	}
 	// An http health check's port gets the same request through the host.
 	man.Services[0].Health.HTTP.Path = "/nope"
-	if err := CheckReachable(context.Background(), "up", man, good[:1]); err == nil || !strings.Contains(err.Error(), "status 404, want 200") {
+	if err := CheckReachable(context.Background(), "up", man, good[:1], nil); err == nil || !strings.Contains(err.Error(), "status 404, want 200") {
 		t.Errorf("http port answering 404: %v", err)
 	}
 }

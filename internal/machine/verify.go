@@ -110,7 +110,7 @@ func Verify(ctx context.Context, opts VerifyOptions) (Timings, error) {
 	}
 	// The check forwards every service port, each to a free host port,
 	// and proves them from the host as emu up does.
-	fwds, err := freeForwards(man)
+	fwds, err := FreeForwards(man)
 	if err != nil {
 		return t, err
 	}
@@ -145,7 +145,7 @@ func Verify(ctx context.Context, opts VerifyOptions) (Timings, error) {
 		emit(event.New(event.Failed, failedService(err), err.Error()))
 		return t, err
 	}
-	if err := CheckReachable(ctx, "verify", man, fwds); err != nil {
+	if err := CheckReachable(ctx, "verify", man, fwds, sess.Status().Ports); err != nil {
 		sess.Abort(ctx)
 		emit(event.New(event.Failed, failedService(err), err.Error()))
 		return t, err
@@ -184,10 +184,10 @@ func verifyConfig(opts VerifyOptions, man bundle.Manifest, overlay, logDir strin
 	}
 }
 
-// freeForwards forwards every port of man's services to a free host port:
+// FreeForwards forwards every port of man's services to a free host port:
 // the boot check must not need the ports an instance uses, which may be
 // taken (by that instance, running).
-func freeForwards(man bundle.Manifest) ([]proto.Forward, error) {
+func FreeForwards(man bundle.Manifest) ([]proto.Forward, error) {
 	var fwds []proto.Forward
 	for _, s := range man.Services {
 		for _, p := range s.Ports {
