@@ -40,7 +40,7 @@ func TestDemoBuildAndVerify(t *testing.T) {
 		}
 		os.WriteFile(filepath.Join(demo, f), b, 0o644)
 	}
-	gobuild(t, root, filepath.Join(demo, "bin/demo-api"), "./examples/demo/cmd/demo-api")
+	gobuild(t, root, filepath.Join(demo, "bin/linux-amd64/demo-api"), "./examples/demo/cmd/demo-api")
 
 	home := newHome(t)
 
@@ -149,7 +149,8 @@ func lifecycle(ctx context.Context, t *testing.T, home, bundleDir string) {
 	})
 	port := freePort(t)
 	// The databases too: their forwards reach Debian's stock configs,
-	// which listen on the guest's loopback only (the agent relays them).
+	// which listen on the guest's loopback only (a NAT rule in the guest's
+	// kernel sends the forwards there).
 	portFlags := []string{"--port=api.http=" + strconv.Itoa(port),
 		"--port=postgres.sql=" + strconv.Itoa(freePort(t)), "--port=valkey.resp=" + strconv.Itoa(freePort(t))}
 	upArgs := func(extra ...string) []string {
@@ -179,6 +180,8 @@ func lifecycle(ctx context.Context, t *testing.T, home, bundleDir string) {
 	// The first up of the image saves its ready snapshot.
 	if stderr := up(t); !strings.Contains(stderr, "ready snapshot saved") {
 		t.Errorf("the first up saved no ready snapshot:\n%s", stderr)
+	} else if !strings.Contains(stderr, "guest port 5432 listens on 127.0.0.1:5432 only: the kernel forwards to it (NAT)") {
+		t.Errorf("the first up did not say PostgreSQL's port is forwarded by NAT:\n%s", stderr)
 	}
 	if code := httpStatus(t, "GET", base+"/health", ""); code != 200 {
 		t.Fatalf("GET /health = %d after up", code)
@@ -461,9 +464,15 @@ func decode(t *testing.T, s string) []event.Event {
 
 func gobuild(t *testing.T, dir, out, pkg string) {
 	t.Helper()
+	gobuildArch(t, dir, out, pkg, "amd64")
+}
+
+// gobuildArch builds pkg as a static program for linux/arch.
+func gobuildArch(t *testing.T, dir, out, pkg, arch string) {
+	t.Helper()
 	cmd := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", out, pkg)
 	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH="+arch)
 	if b, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("go build %s: %v: %s", pkg, err, b)
 	}

@@ -42,6 +42,9 @@ type Options struct {
 	// OutDir is the parent of the bundle directory OutDir/<name>; default
 	// the image store.
 	OutDir string
+	// BundleName is the bundle directory's name under OutDir; default the
+	// stack's name (store.BundleName for another architecture's image).
+	BundleName string
 	// AgentBinary is the static emu-agent for the guest's architecture.
 	AgentBinary string
 	Accel       accel.Choice
@@ -172,7 +175,10 @@ func Build(ctx context.Context, opts Options) (res *Result, err error) {
 	if opts.Accel.TimeoutScale <= 0 {
 		opts.Accel.TimeoutScale = 1
 	}
-	b := &builder{opts: opts, final: filepath.Join(opts.OutDir, opts.Stack.Name)}
+	if opts.BundleName == "" {
+		opts.BundleName = opts.Stack.Name
+	}
+	b := &builder{opts: opts, final: filepath.Join(opts.OutDir, opts.BundleName)}
 	cleanup, err := b.prepare()
 	if err != nil {
 		return nil, err
@@ -213,7 +219,7 @@ func Build(ctx context.Context, opts Options) (res *Result, err error) {
 // prepare makes the work and log directories and returns the cleanup to
 // run when the build ends.
 func (b *builder) prepare() (func(error), error) {
-	name := b.opts.Stack.Name
+	name := b.opts.BundleName
 	for _, d := range []string{b.opts.Home.Work(), b.opts.OutDir} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return nil, &Error{Stage: "prepare", Err: fmt.Errorf("create %s: %w", d, err)}

@@ -146,7 +146,7 @@ func (b *builder) assemble() (int64, error) {
 // architecture, how to boot it, and its services.
 func describeStack(m *bundle.Manifest, s *spec.Stack) {
 	m.Name, m.Arch = s.Name, s.Base.Arch
-	m.Cmdline = guest.Cmdline(proto.Run)
+	m.Cmdline = guest.Cmdline(proto.Run, s.Base.Arch)
 	m.VM = s.VM
 	m.Connect = s.Connect
 	m.Services = nil

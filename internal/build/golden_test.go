@@ -25,10 +25,10 @@ func demoStack(t *testing.T) *spec.Stack {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	if err := os.MkdirAll(filepath.Join(dir, "bin"), 0o755); err != nil {
+	if err := os.MkdirAll(filepath.Join(dir, "bin", "linux-amd64"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(dir, "bin", "demo-api"), []byte("#!/bin/sh\n"), 0o755); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, "bin", "linux-amd64", "demo-api"), []byte("#!/bin/sh\n"), 0o755); err != nil {
 		t.Fatal(err)
 	}
 	path := filepath.Join(dir, "emu.yaml")

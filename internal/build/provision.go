@@ -84,7 +84,7 @@ func (b *builder) provisionConfig() machine.Config {
 		Accel:   b.opts.Accel,
 		Kernel:  b.kernel,
 		Initrd:  b.initrd,
-		Cmdline: guest.Cmdline(proto.Provision),
+		Cmdline: guest.Cmdline(proto.Provision, s.Base.Arch),
 		Drive:   qemu.Drive{Path: b.rawDisk(), Format: "raw", Discard: true, Cache: "unsafe"},
 		Extra:   b.imageDrives(),
 		Serial:  filepath.Join(b.logs, store.SerialLog),

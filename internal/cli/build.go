@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
+	"strings"
 
 	"github.com/emu-dev/emu/internal/accel"
 	"github.com/emu-dev/emu/internal/build"
@@ -23,6 +25,8 @@ func runBuild(ctx context.Context, e *env, args []string) error {
 	keep := fs.Bool("keep-on-failure", false, "keep the work directory (tree and disk) of a failed build for inspection")
 	jsonOut := fs.Bool("json", false, "print events as JSON lines on stdout")
 	accelFlag := fs.String("accel", "", "accelerator: kvm, hvf or tcg (default: probe)")
+	archFlag := fs.String("arch", "", "build for these guest `ARCH`itectures, comma-separated: amd64, arm64 (default: the stack file's base.arch); "+
+		"another architecture's image is NAME.ARCH in the image store")
 	pos, err := parse(fs, args)
 	if err != nil {
 		return err
@@ -47,14 +51,53 @@ func runBuild(ctx context.Context, e *env, args []string) error {
 			return usageError{fmt.Errorf("--out %s: %w", *out, err)}
 		}
 	}
-	_, err = buildStack(ctx, e, buildRequest{stack: stack, home: home, outDir: outDir, keep: *keep, skipVerify: *skipVerify, json: *jsonOut, accel: *accelFlag})
-	return err
+	stacks := []*spec.Stack{stack}
+	if *archFlag != "" {
+		if stacks, err = forArches(stack, *archFlag); err != nil {
+			return err
+		}
+	}
+	for _, st := range stacks {
+		if len(stacks) > 1 {
+			fmt.Fprintf(e.stderr, "building %s for %s\n", st.Name, st.Base.Arch)
+		}
+		_, err = buildStack(ctx, e, buildRequest{stack: st, home: home, outDir: outDir, bundleName: store.BundleName(st.Name, st.Base.Arch, stack.Base.Arch),
+			keep: *keep, skipVerify: *skipVerify, json: *jsonOut, accel: *accelFlag})
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// forArches is the stack for each architecture of list (--arch
+// amd64,arm64), in that order, each checked to be buildable.
+func forArches(s *spec.Stack, list string) ([]*spec.Stack, error) {
+	var out []*spec.Stack
+	seen := map[string]bool{}
+	for _, a := range strings.Split(list, ",") {
+		a = strings.TrimSpace(a)
+		if seen[a] {
+			return nil, usageError{fmt.Errorf("--arch %s: %s named twice", list, a)}
+		}
+		seen[a] = true
+		if !slices.Contains(spec.Arches, a) {
+			return nil, usageError{fmt.Errorf("--arch %s: unknown architecture %q: want amd64 or arm64", list, a)}
+		}
+		st, err := s.ForArch(a)
+		if err != nil {
+			return nil, usageError{err}
+		}
+		out = append(out, st)
+	}
+	return out, nil
 }
 
 type buildRequest struct {
 	stack      *spec.Stack
 	home       store.Home
 	outDir     string
+	bundleName string // default the stack's name
 	keep       bool
 	skipVerify bool
 	json       bool
@@ -64,7 +107,7 @@ type buildRequest struct {
 // buildStack checks the host and runs the build with progress; emu build
 // and emu up (when the bundle is missing or stale) share it.
 func buildStack(ctx context.Context, e *env, r buildRequest) (*build.Result, error) {
-	agentBin, err := e.agentBinary()
+	agentBin, err := e.agentBinary(r.home, r.stack.Base.Arch)
 	if err != nil {
 		return nil, err
 	}
@@ -77,6 +120,7 @@ func buildStack(ctx context.Context, e *env, r buildRequest) (*build.Result, err
 		Stack:         r.stack,
 		Home:          r.home,
 		OutDir:        r.outDir,
+		BundleName:    r.bundleName,
 		AgentBinary:   agentBin,
 		Accel:         choice,
 		KeepOnFailure: r.keep,

@@ -10,11 +10,13 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"sort"
+	"strings"
 
+	"github.com/emu-dev/emu/internal/agentbin"
 	"github.com/emu-dev/emu/internal/progress"
 	"github.com/emu-dev/emu/internal/spec"
+	"github.com/emu-dev/emu/internal/store"
 )
 
 // Version is emu's version, set at link time.
@@ -200,29 +202,24 @@ func parse(fs *flag.FlagSet, args []string) ([]string, error) {
 	}
 }
 
-// agentBinary finds the guest agent: EMU_AGENT, or emu-agent beside emu.
-func (e *env) agentBinary() (string, error) {
-	if p := e.getenv("EMU_AGENT"); p != "" {
-		if _, err := os.Stat(p); err != nil {
-			return "", fmt.Errorf("guest agent from EMU_AGENT: %w", err)
-		}
-		return p, nil
+// agentBinary finds the guest agent for arch (agentbin.Find): EMU_AGENT,
+// the one built into emu, or one beside emu.
+func (e *env) agentBinary(home store.Home, arch string) (string, error) {
+	exe, _ := os.Executable()
+	p, err := agentbin.Find(arch, agentbin.Options{Env: e.getenv("EMU_AGENT"), Exe: exe, Cache: home.Agents()})
+	if nf := (*agentbin.NotFoundError)(nil); errors.As(err, &nf) {
+		return "", withHint{err: err, hint: "use an emu built with `make` (bin/emu carries the agents for amd64 and arm64), " +
+			"or set EMU_AGENT to an agent built for linux/" + arch + " (CGO_ENABLED=0 GOOS=linux GOARCH=" + arch + " go build ./cmd/emu-agent)"}
 	}
-	exe, err := os.Executable()
-	if err == nil {
-		p := filepath.Join(filepath.Dir(exe), "emu-agent")
-		if _, err := os.Stat(p); err == nil {
-			return p, nil
-		}
-	}
-	return "", withHint{
-		err:  errors.New("guest agent emu-agent not found beside the emu binary"),
-		hint: "build both with `make` (bin/emu and bin/emu-agent), or set EMU_AGENT to the agent's path",
-	}
+	return p, err
 }
 
 func runVersion(_ context.Context, e *env, args []string) error {
-	fmt.Fprintf(e.stdout, "emu %s\n", Version)
+	agents := "guest agents built in: " + strings.Join(agentbin.Embedded(), ", ")
+	if len(agentbin.Embedded()) == 0 {
+		agents = "no guest agents built in: it uses EMU_AGENT or emu-agent-linux-ARCH beside it"
+	}
+	fmt.Fprintf(e.stdout, "emu %s (%s)\n", Version, agents)
 	return nil
 }
 

@@ -7,10 +7,14 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/emu-dev/emu/internal/spec"
+	"github.com/emu-dev/emu/internal/store"
 )
 
 func run(t *testing.T, args ...string) (string, string, int) {
@@ -24,6 +28,10 @@ func TestExitCodes(t *testing.T) {
 	dir := t.TempDir()
 	bad := filepath.Join(dir, "emu.yaml")
 	os.WriteFile(bad, []byte("name: Bad_Name\nservices:\n  api:\n    helth: {tcp: 1}\n"), 0o644)
+	os.MkdirAll(filepath.Join(dir, "two", "amd64"), 0o755)
+	os.WriteFile(filepath.Join(dir, "two", "amd64", "api"), []byte("x"), 0o755)
+	two := filepath.Join(dir, "two", "emu.yaml")
+	os.WriteFile(two, []byte("name: two\nfiles:\n  - {src: \"./${arch}/api\", dst: /usr/local/bin/api}\n"), 0o644)
 	tests := []struct {
 		name   string
 		args   []string
@@ -37,6 +45,9 @@ func TestExitCodes(t *testing.T) {
 		{"stray argument", []string{"build", "extra"}, ExitUsage, []string{"build takes no arguments"}, ""},
 		{"missing stack file", []string{"build", "-f", filepath.Join(dir, "none.yaml")}, ExitUsage, []string{"none.yaml", "-f FILE"}, ""},
 		{"invalid stack file", []string{"build", "-f", bad}, ExitUsage, []string{"emu.yaml:4", "helth"}, ""},
+		{"unknown arch", []string{"build", "-f", two, "--arch", "amd64,riscv64"}, ExitUsage, []string{`--arch amd64,riscv64: unknown architecture "riscv64"`}, ""},
+		{"arch twice", []string{"build", "-f", two, "--arch", "amd64,amd64"}, ExitUsage, []string{"amd64 named twice"}, ""},
+		{"arch without its file", []string{"build", "-f", two, "--arch", "amd64,arm64"}, ExitUsage, []string{"files[0].src: ./${arch}/api for arm64"}, ""},
 		{"verify without bundle", []string{"verify", filepath.Join(dir, "nothing")}, ExitFailure, []string{"no bundle at", "hint: build it first"}, ""},
 		{"version", []string{"version"}, ExitOK, nil, "emu "},
 	}
@@ -73,17 +84,19 @@ func TestSchemaIsJSON(t *testing.T) {
 	}
 }
 
+// EMU_AGENT must name an agent; what is wrong with it is said (the lookup
+// itself is agentbin's, tested there).
 func TestAgentBinaryFromEnv(t *testing.T) {
+	home := store.At(t.TempDir())
 	p := filepath.Join(t.TempDir(), "emu-agent")
-	os.WriteFile(p, []byte("x"), 0o755)
+	os.WriteFile(p, []byte("#!/bin/sh\n"), 0o755)
 	t.Setenv("EMU_AGENT", p)
-	got, err := (&env{getenv: os.Getenv}).agentBinary()
-	if err != nil || got != p {
-		t.Errorf("(&env{getenv: os.Getenv}).agentBinary() = %q, %v; want %q", got, err, p)
+	if _, err := (&env{getenv: os.Getenv}).agentBinary(home, "amd64"); err == nil || !strings.Contains(err.Error(), "EMU_AGENT") {
+		t.Errorf("agentBinary with a script as EMU_AGENT: %v", err)
 	}
 	t.Setenv("EMU_AGENT", p+".missing")
-	if _, err := (&env{getenv: os.Getenv}).agentBinary(); err == nil {
-		t.Errorf("(&env{getenv: os.Getenv}).agentBinary() with a missing EMU_AGENT: no error")
+	if _, err := (&env{getenv: os.Getenv}).agentBinary(home, "amd64"); err == nil {
+		t.Errorf("agentBinary with a missing EMU_AGENT: no error")
 	}
 }
 
@@ -198,5 +211,44 @@ func TestResetTemplate(t *testing.T) {
 		if _, err := os.Stat(inst); !os.IsNotExist(err) {
 			t.Errorf("%v: instance directory kept", args)
 		}
+	}
+}
+
+// up from a stack file runs the stack's image for the host's architecture
+// when the store has one (NAME.ARCH), else the stack's own, saying that it
+// runs emulated.
+func TestHostArchTarget(t *testing.T) {
+	other := "arm64"
+	if runtime.GOARCH == "arm64" {
+		other = "amd64"
+	}
+	dir := t.TempDir()
+	path := filepath.Join(dir, "emu.yaml")
+	os.WriteFile(path, []byte("name: two\nbase: {arch: "+other+"}\n"), 0o644)
+	s, err := spec.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	home := store.At(t.TempDir())
+	own := target{name: "two", stack: s, bundle: filepath.Join(home.Images(), "two")}
+	var errb bytes.Buffer
+	e := &env{stderr: &errb}
+	got, err := hostArchTarget(e, home, own)
+	if err != nil || got.bundle != own.bundle || got.stack.Base.Arch != other {
+		t.Errorf("no native image: %+v, %v; want the stack's own", got, err)
+	}
+	if !strings.Contains(errb.String(), "runs emulated") || !strings.Contains(errb.String(), "emu build --arch "+runtime.GOARCH) {
+		t.Errorf("no word of emulation: %q", errb.String())
+	}
+	native := filepath.Join(home.Images(), "two."+runtime.GOARCH)
+	os.MkdirAll(native, 0o755)
+	os.WriteFile(filepath.Join(native, store.BundleManifest), []byte(`{"name":"two","arch":"`+runtime.GOARCH+`"}`), 0o644)
+	errb.Reset()
+	got, err = hostArchTarget(e, home, own)
+	if err != nil || got.bundle != native || got.stack.Base.Arch != runtime.GOARCH || got.stack.Base.Kernel != "linux-image-cloud-"+runtime.GOARCH {
+		t.Errorf("with a native image: bundle %s arch %s kernel %s, %v", got.bundle, got.stack.Base.Arch, got.stack.Base.Kernel, err)
+	}
+	if errb.Len() != 0 {
+		t.Errorf("said %q running a native image", errb.String())
 	}
 }

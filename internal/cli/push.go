@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -74,7 +75,19 @@ func pushSources(ctx context.Context, home store.Home, file string, fileSet bool
 		if err != nil {
 			return nil, err
 		}
-		return []string{t.bundle}, checkBundle(t.bundle)
+		// The stack's image, and those emu build --arch made for other
+		// architectures: one reference, an index of them all.
+		dirs := []string{t.bundle}
+		for _, a := range spec.Arches {
+			if a == t.stack.Base.Arch {
+				continue
+			}
+			d := filepath.Join(home.Images(), store.BundleName(t.stack.Name, a, t.stack.Base.Arch))
+			if _, err := bundle.Read(d); err == nil {
+				dirs = append(dirs, d)
+			}
+		}
+		return dirs, checkBundle(t.bundle)
 	}
 	if fileSet {
 		return nil, usageError{errors.New("name the image with -f FILE or arguments, not both")}

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
+	"runtime"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -54,6 +56,10 @@ func runUp(ctx context.Context, e *env, args []string) error {
 		}
 	} else if *pf.name != "" || *pf.arch != "" {
 		return usageError{errors.New("--name and --arch are for emu up REF (an image in a registry)")}
+	} else if t.stack != nil {
+		if t, err = hostArchTarget(e, home, t); err != nil {
+			return err
+		}
 	}
 	env := map[string]string{}
 	for _, kv := range envFlags {
@@ -164,7 +170,7 @@ func ensureBundle(ctx context.Context, e *env, home store.Home, inst store.Insta
 	case err != nil:
 		reason = "no image yet"
 	default:
-		agentBin, err := e.agentBinary()
+		agentBin, err := e.agentBinary(home, t.stack.Base.Arch)
 		if err != nil {
 			return err
 		}
@@ -186,8 +192,30 @@ func ensureBundle(ctx context.Context, e *env, home store.Home, inst store.Insta
 		}
 	}
 	fmt.Fprintf(e.stderr, "building %s: %s\n", t.name, reason)
-	_, err = buildStack(ctx, e, buildRequest{stack: t.stack, home: home, outDir: home.Images(), json: jsonOut, accel: accelFlag})
+	_, err = buildStack(ctx, e, buildRequest{stack: t.stack, home: home, outDir: home.Images(), bundleName: filepath.Base(t.bundle), json: jsonOut, accel: accelFlag})
 	return err
+}
+
+// hostArchTarget: up from a stack file runs the stack's image for this
+// host's architecture when the store has one (NAME.ARCH, made by emu
+// build --arch); else the stack's own, emulated, and says so.
+func hostArchTarget(e *env, home store.Home, t target) (target, error) {
+	host, own := runtime.GOARCH, t.stack.Base.Arch
+	if own == host {
+		return t, nil
+	}
+	dir := filepath.Join(home.Images(), store.BundleName(t.stack.Name, host, own))
+	if _, err := bundle.Read(dir); err == nil {
+		st, err := t.stack.ForArch(host)
+		if err != nil {
+			return t, err
+		}
+		t.stack, t.bundle = st, dir
+		return t, nil
+	}
+	fmt.Fprintf(e.stderr, "%s: the stack's image is for %s and this host is %s: it runs emulated (TCG, several times slower); "+
+		"emu build --arch %s makes a native image\n", t.name, own, host, host)
+	return t, nil
 }
 
 // planPorts applies EMU_PORT_* and --port to the image's ports.

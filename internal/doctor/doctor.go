@@ -46,8 +46,12 @@ type Options struct {
 	GuestArch string // "" means runtime.GOARCH
 	Accel     string // --accel override, passed to Choose
 
-	GOOS      string                          // "" means runtime.GOOS
-	LookPath  func(string) (string, error)    // nil means exec.LookPath
+	GOOS     string                       // "" means runtime.GOOS
+	HostArch string                       // "" means runtime.GOARCH
+	LookPath func(string) (string, error) // nil means exec.LookPath
+	// ReadFile reads binfmt_misc's entries and the handlers' configs;
+	// nil means os.ReadFile.
+	ReadFile  func(string) ([]byte, error)
 	FreeSpace func(dir string) (int64, error) // nil means statfs
 	Choose    func(ctx context.Context, guestArch, override string) (accel.Choice, error)
 }
@@ -69,8 +73,14 @@ func Run(ctx context.Context, opts Options) Report {
 	if opts.GOOS == "" {
 		opts.GOOS = runtime.GOOS
 	}
+	if opts.HostArch == "" {
+		opts.HostArch = runtime.GOARCH
+	}
 	if opts.GuestArch == "" {
-		opts.GuestArch = runtime.GOARCH
+		opts.GuestArch = opts.HostArch
+	}
+	if opts.ReadFile == nil {
+		opts.ReadFile = os.ReadFile
 	}
 	if opts.LookPath == nil {
 		opts.LookPath = exec.LookPath
@@ -110,6 +120,9 @@ func Run(ctx context.Context, opts Options) Report {
 		r.Checks = append(r.Checks, lookTool(opts, t))
 	}
 
+	if opts.NeedBuild && opts.GOOS == "linux" && opts.GuestArch != opts.HostArch {
+		r.Checks = append(r.Checks, binfmtCheck(opts))
+	}
 	if opts.Dir != "" {
 		r.Checks = append(r.Checks, diskCheck(opts))
 	}
@@ -147,6 +160,60 @@ func lookTool(opts Options, t tool) Check {
 		c.Fix = aptInstall(t.debPkg)
 	}
 	return c
+}
+
+// binfmtHandlers are the qemu-user handlers that run a foreign guest's
+// programs on this host, by guest architecture.
+var binfmtHandlers = map[string]string{"arm64": "qemu-aarch64", "amd64": "qemu-x86_64"}
+
+// binfmtCheck: a guest tree for another architecture is made by running
+// its programs (dpkg's maintainer scripts) on this host, through
+// qemu-user-static's binfmt_misc handler. The F flag matters: the kernel
+// opens the interpreter when the handler is registered, so it runs
+// inside the chroot that lacks it.
+func binfmtCheck(opts Options) Check {
+	name := binfmtHandlers[opts.GuestArch]
+	c := Check{Name: "binfmt " + name}
+	entry := "/proc/sys/fs/binfmt_misc/" + name
+	conf := "/usr/lib/binfmt.d/" + name + ".conf"
+	why := " (runs the " + opts.GuestArch + " tree's programs while it is made)"
+	b, err := opts.ReadFile(entry)
+	if err != nil {
+		if _, cerr := opts.ReadFile(conf); cerr != nil {
+			c.Detail = "no handler registered and qemu-user-static not installed" + why
+			c.pkg, c.Fix = "qemu-user-static", aptInstall("qemu-user-static")
+			return c
+		}
+		c.Detail = "qemu-user-static is installed but its handler is not registered" + why
+		c.Fix = "systemctl restart systemd-binfmt, or without systemd: mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc; " +
+			"cat " + conf + " > /proc/sys/fs/binfmt_misc/register"
+		return c
+	}
+	text := string(b)
+	switch {
+	case !strings.HasPrefix(text, "enabled"):
+		c.Detail = entry + " is disabled" + why
+		c.Fix = "echo 1 > " + entry
+	case !strings.Contains(flagsLine(text), "F"):
+		c.Detail = entry + " lacks the F flag: the interpreter is not found inside the tree" + why
+		c.Fix = "echo -1 > " + entry + "; cat " + conf + " > /proc/sys/fs/binfmt_misc/register (qemu-user-static's handler has it)"
+	default:
+		c.OK = true
+		c.Detail = strings.TrimSpace(strings.TrimPrefix(interpreterLine(text), "interpreter "))
+	}
+	return c
+}
+
+func flagsLine(entry string) string       { return lineWith(entry, "flags:") }
+func interpreterLine(entry string) string { return lineWith(entry, "interpreter ") }
+
+func lineWith(text, prefix string) string {
+	for _, l := range strings.Split(text, "\n") {
+		if strings.HasPrefix(l, prefix) {
+			return l
+		}
+	}
+	return ""
 }
 
 func aptInstall(pkgs ...string) string {

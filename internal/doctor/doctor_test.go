@@ -167,3 +167,64 @@ func TestFreeSpaceMissingDir(t *testing.T) {
 		t.Errorf("freeSpace = %d, %v", n, err)
 	}
 }
+
+// Building an arm64 guest's tree on an amd64 host needs qemu-user's
+// binfmt handler, registered with the F flag; each way it can be missing
+// gets its own fix.
+func TestBinfmtForForeignTree(t *testing.T) {
+	const conf = "/usr/lib/binfmt.d/qemu-aarch64.conf"
+	const entry = "/proc/sys/fs/binfmt_misc/qemu-aarch64"
+	good := "enabled\ninterpreter /usr/libexec/qemu-binfmt/aarch64-binfmt-P\nflags: POF\noffset 0\n"
+	for _, tc := range []struct {
+		name    string
+		files   map[string]string
+		ok      bool
+		want    string // in Detail
+		fix     string // in Fix
+		install bool   // the merged apt-get line names qemu-user-static
+	}{
+		{"registered", map[string]string{entry: good, conf: ""}, true, "/usr/libexec/qemu-binfmt/aarch64-binfmt-P", "", false},
+		{"not installed", map[string]string{}, false, "qemu-user-static not installed", "apt-get install -y --no-install-recommends qemu-user-static", true},
+		{"not registered", map[string]string{conf: ""}, false, "not registered", "cat " + conf + " > /proc/sys/fs/binfmt_misc/register", false},
+		{"disabled", map[string]string{entry: "disabled\nflags: POF\n", conf: ""}, false, "is disabled", "echo 1 > " + entry, false},
+		{"no F flag", map[string]string{entry: "enabled\nflags: P\n", conf: ""}, false, "lacks the F flag", "echo -1 > " + entry, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := Run(context.Background(), Options{
+				NeedBuild: true, GuestArch: "arm64", HostArch: "amd64", GOOS: "linux",
+				LookPath: fakeLookPath(all...), Choose: tcgChoice,
+				ReadFile: func(p string) ([]byte, error) {
+					if s, ok := tc.files[p]; ok {
+						return []byte(s), nil
+					}
+					return nil, errors.New("no such file")
+				},
+			})
+			var c *Check
+			for i := range r.Checks {
+				if r.Checks[i].Name == "binfmt qemu-aarch64" {
+					c = &r.Checks[i]
+				}
+			}
+			if c == nil {
+				t.Fatalf("no binfmt check in %+v", r.Checks)
+			}
+			if c.OK != tc.ok || !strings.Contains(c.Detail, tc.want) || !strings.Contains(c.Fix, tc.fix) {
+				t.Errorf("check = %+v; want ok=%v, detail with %q, fix with %q", *c, tc.ok, tc.want, tc.fix)
+			}
+			if got := strings.Contains(r.FixCommand(), "qemu-user-static"); got != tc.install {
+				t.Errorf("FixCommand %q names qemu-user-static: %v, want %v", r.FixCommand(), got, tc.install)
+			}
+		})
+	}
+	// A guest of the host's own architecture needs no handler; nor does a
+	// Mac, which builds nothing.
+	for _, o := range []Options{{GuestArch: "amd64", HostArch: "amd64", GOOS: "linux"}, {GuestArch: "arm64", HostArch: "amd64", GOOS: "darwin"}} {
+		o.NeedBuild, o.LookPath, o.Choose = true, fakeLookPath(all...), tcgChoice
+		for _, c := range Run(context.Background(), o).Checks {
+			if strings.HasPrefix(c.Name, "binfmt") {
+				t.Errorf("%s guest on %s/%s: a binfmt check", o.GuestArch, o.GOOS, o.HostArch)
+			}
+		}
+	}
+}

@@ -30,10 +30,20 @@ type File struct {
 // partition table: the image is one ext4 filesystem).
 const RootDevice = "/dev/vda"
 
-// Cmdline returns the kernel command line for mode (provision or run).
-func Cmdline(mode proto.Mode) string {
+// Console is the serial console's device for a guest of arch: the PC's
+// 16550 UART on amd64, the virt machine's PL011 on arm64.
+func Console(arch string) string {
+	if arch == "arm64" {
+		return "ttyAMA0"
+	}
+	return "ttyS0"
+}
+
+// Cmdline returns the kernel command line for mode (provision or run) on a
+// guest of arch.
+func Cmdline(mode proto.Mode, arch string) string {
 	return strings.Join([]string{
-		"root=" + RootDevice, "rw", "console=ttyS0", "panic=-1", "loglevel=4",
+		"root=" + RootDevice, "rw", "console=" + Console(arch), "panic=-1", "loglevel=4",
 		"net.ifnames=0", "systemd.show_status=error", "systemd.firstboot=off",
 		"emu.mode=" + string(mode),
 	}, " ")

@@ -170,14 +170,16 @@ func TestRenderSkipsUnitServices(t *testing.T) {
 func TestCmdline(t *testing.T) {
 	for _, tc := range []struct {
 		mode proto.Mode
+		arch string
 		want string
 	}{
-		{proto.Provision, "root=/dev/vda rw console=ttyS0 panic=-1 loglevel=4 net.ifnames=0 systemd.show_status=error systemd.firstboot=off emu.mode=provision"},
-		{proto.Run, "root=/dev/vda rw console=ttyS0 panic=-1 loglevel=4 net.ifnames=0 systemd.show_status=error systemd.firstboot=off emu.mode=run"},
+		{proto.Provision, "amd64", "root=/dev/vda rw console=ttyS0 panic=-1 loglevel=4 net.ifnames=0 systemd.show_status=error systemd.firstboot=off emu.mode=provision"},
+		{proto.Run, "amd64", "root=/dev/vda rw console=ttyS0 panic=-1 loglevel=4 net.ifnames=0 systemd.show_status=error systemd.firstboot=off emu.mode=run"},
+		{proto.Run, "arm64", "root=/dev/vda rw console=ttyAMA0 panic=-1 loglevel=4 net.ifnames=0 systemd.show_status=error systemd.firstboot=off emu.mode=run"},
 	} {
-		t.Run(string(tc.mode), func(t *testing.T) {
-			if got := Cmdline(tc.mode); got != tc.want {
-				t.Errorf("Cmdline(%s) =\n  %s\nwant\n  %s", tc.mode, got, tc.want)
+		t.Run(string(tc.mode)+"/"+tc.arch, func(t *testing.T) {
+			if got := Cmdline(tc.mode, tc.arch); got != tc.want {
+				t.Errorf("Cmdline(%s, %s) =\n  %s\nwant\n  %s", tc.mode, tc.arch, got, tc.want)
 			}
 		})
 	}

@@ -5,7 +5,7 @@ import "time"
 // Defaults for fields left out of the stack file.
 const (
 	DefaultSuite         = "trixie"
-	DefaultKernel        = "linux-image-cloud-amd64"
+	DefaultKernel        = "linux-image-cloud-amd64" // for DefaultArch: see DefaultKernelFor
 	DefaultArch          = "amd64"
 	DefaultCPUs          = 2
 	DefaultMemory        = 2 * GiB
@@ -23,17 +23,21 @@ const (
 	DefaultVerifyTimeout = Duration(30 * time.Second)
 )
 
+// DefaultKernelFor is the kernel package for a guest of arch: Debian's
+// cloud kernel, small and made for virtual machines (virtio, no firmware).
+func DefaultKernelFor(arch string) string { return "linux-image-cloud-" + arch }
+
 // setDefaults fills in every field left empty that has a default. Parse
 // applies it before validation.
 func (s *Stack) setDefaults() {
 	if s.Base.Suite == "" {
 		s.Base.Suite = DefaultSuite
 	}
-	if s.Base.Kernel == "" {
-		s.Base.Kernel = DefaultKernel
-	}
 	if s.Base.Arch == "" {
 		s.Base.Arch = DefaultArch
+	}
+	if s.Base.Kernel == "" {
+		s.Base.Kernel = DefaultKernelFor(s.Base.Arch)
 	}
 	if s.VM.CPUs == 0 {
 		s.VM.CPUs = DefaultCPUs

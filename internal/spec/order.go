@@ -2,7 +2,12 @@ package spec
 
 import (
 	"container/heap"
+	"errors"
+	"fmt"
+	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 )
 
 // ServiceNames returns the services' names, sorted.
@@ -63,12 +68,49 @@ func (h *names) Pop() any {
 	return x
 }
 
-// FilePath returns the absolute host path of f's source: Src as is when
-// absolute, else relative to the stack file's directory.
+// Arches are the guest architectures a stack can be built for.
+var Arches = []string{"amd64", "arm64"}
+
+// ArchVar in a file's src stands for the guest's architecture (amd64,
+// arm64), so one stack file names a binary built for each.
+const ArchVar = "${arch}"
+
+// FilePath returns the absolute host path of f's source: Src, with ArchVar
+// replaced by the stack's architecture, as is when absolute, else relative
+// to the stack file's directory.
 func (s *Stack) FilePath(f File) string {
-	src := filepath.FromSlash(f.Src)
+	src := filepath.FromSlash(strings.ReplaceAll(f.Src, ArchVar, s.Base.Arch))
 	if filepath.IsAbs(src) {
 		return filepath.Clean(src)
 	}
 	return filepath.Join(s.Dir, src)
+}
+
+// ForArch returns the stack built for another guest architecture: a copy
+// with base.arch set and a kernel named for the old architecture
+// (linux-image-cloud-amd64) renamed for the new one. Every file whose src
+// names ArchVar must exist for arch; the error names each that does not.
+func (s *Stack) ForArch(arch string) (*Stack, error) {
+	if !slices.Contains(Arches, arch) {
+		return nil, fmt.Errorf("architecture %q: want amd64 or arm64", arch)
+	}
+	c := *s
+	if k, ok := strings.CutSuffix(s.Base.Kernel, "-"+s.Base.Arch); ok {
+		c.Base.Kernel = k + "-" + arch
+	}
+	c.Base.Arch = arch
+	var errs []error
+	for i, f := range c.Files {
+		if !strings.Contains(f.Src, ArchVar) {
+			continue
+		}
+		p := c.FilePath(f)
+		if fi, err := os.Stat(p); err != nil || !fi.Mode().IsRegular() {
+			errs = append(errs, fmt.Errorf("%s: files[%d].src: %s for %s: no such regular file %s", s.Path, i, f.Src, arch, p))
+		}
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	return &c, nil
 }

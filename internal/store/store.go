@@ -69,6 +69,20 @@ func (h Home) RootfsCache() string { return filepath.Join(h.Cache, "rootfs") }
 // sha256; instances' overlays are backed by them.
 func (h Home) DiskCache() string { return filepath.Join(h.Cache, "disks") }
 
+// BundleName is the directory name, under Images, of a stack's image for
+// arch: the stack's name for the architecture its file names (base.arch),
+// NAME.ARCH for another. No stack name holds a dot, so the two never meet.
+func BundleName(name, arch, stackArch string) string {
+	if arch == stackArch {
+		return name
+	}
+	return name + "." + arch
+}
+
+// Agents holds the guest agents built into emu, written out for builds
+// (agentbin.Find).
+func (h Home) Agents() string { return filepath.Join(h.Cache, "agents") }
+
 // AccelCache is the accelerator probe's answer.
 func (h Home) AccelCache() string { return filepath.Join(h.Cache, "accel.json") }
 
