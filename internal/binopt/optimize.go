@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strings"
@@ -192,6 +193,29 @@ func (o *optimizer) candidate(c Candidate) (string, error) {
 	return filepath.Join(d, o.name), nil
 }
 
+// crossStrip names, by target architecture, the binutils strip that
+// handles it on any host (Debian's binutils-ARCH-linux-gnu).
+var crossStrip = map[string]string{"amd64": "x86_64-linux-gnu-strip", "arm64": "aarch64-linux-gnu-strip"}
+
+// StripTool is the strip for binaries of arch: the host's own strip for
+// its architecture; for another, the cross binutils' strip, else
+// llvm-strip (which reads every target), else plain strip, which fails
+// on a foreign file and leaves the original, saying so.
+func StripTool(arch string, lookPath func(string) (string, error)) string {
+	if arch == "" || arch == runtime.GOARCH {
+		return "strip"
+	}
+	for _, t := range []string{crossStrip[arch], "llvm-strip"} {
+		if t == "" {
+			continue
+		}
+		if p, err := lookPath(t); err == nil {
+			return p
+		}
+	}
+	return "strip"
+}
+
 // strip makes the stripped candidate; "" when there is none worth keeping.
 func (o *optimizer) strip() (string, error) {
 	out, err := o.candidate(Stripped)
@@ -200,7 +224,7 @@ func (o *optimizer) strip() (string, error) {
 	}
 	tool := o.opts.StripTool
 	if tool == "" {
-		tool = "strip"
+		tool = StripTool(o.opts.Arch, exec.LookPath)
 	}
 	if msg, err := o.r.Run(o.ctx, tool, "--strip-all", "-o", out, o.src); err != nil {
 		if o.ctx.Err() != nil {

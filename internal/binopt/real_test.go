@@ -3,6 +3,7 @@ package binopt
 import (
 	"bytes"
 	"context"
+	"debug/elf"
 	"errors"
 	"os"
 	"os/exec"
@@ -287,5 +288,42 @@ func TestOptimizeReal(t *testing.T) {
 			}
 			assertNoLeftovers(t, filepath.Dir(p))
 		})
+	}
+}
+
+// A binary for the other architecture (an arm64 service on an amd64 build
+// host): detected as an executable of the stack's arch, stripped by a
+// strip that reads it, and packed by UPX; the result is still a program
+// of that architecture.
+func TestOptimizeOtherArch(t *testing.T) {
+	arch := hostArch(t)
+	other := map[string]string{"amd64": "arm64", "arm64": "amd64"}[arch]
+	tool := StripTool(other, exec.LookPath)
+	if tool == "strip" {
+		t.Skipf("no strip for %s binaries here (binutils-%s-linux-gnu or llvm-strip)", other, map[string]string{"amd64": "x86-64", "arm64": "aarch64"}[other])
+	}
+	upx, err := FindUPX()
+	if err != nil {
+		t.Skipf("no upx: %v", err)
+	}
+	p := goBuild([]string{"GOARCH=" + other, "CGO_ENABLED=0"})(t, t.TempDir())
+	rep, err := Optimize(context.Background(), command.Exec{}, p, p, Options{Arch: other, Strip: true, Compress: CompressUPX, Level: 1, UPX: upx})
+	if err != nil {
+		t.Fatalf("Optimize: %v (report %+v)", err, rep)
+	}
+	if rep.Kind != Executable || rep.Stripped == 0 || rep.Stripped >= rep.Original || rep.Chosen == Original {
+		t.Errorf("report %+v: want an executable, stripped smaller, something better than the original kept", rep)
+	}
+	f, err := elf.Open(p)
+	if err != nil {
+		t.Fatalf("the result is no ELF: %v", err)
+	}
+	defer f.Close()
+	if want := map[string]elf.Machine{"amd64": elf.EM_X86_64, "arm64": elf.EM_AARCH64}[other]; f.Machine != want {
+		t.Errorf("result machine %s, want %s", f.Machine, want)
+	}
+	// The same file, for the host's arch, is another architecture's.
+	if k, err := Detect(p, arch); k == Executable {
+		t.Errorf("an %s binary detected as an executable for %s (%v)", other, arch, err)
 	}
 }
