@@ -3,8 +3,6 @@ package instance_test
 import (
 	"context"
 	"errors"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 
@@ -13,7 +11,6 @@ import (
 	"github.com/emu-dev/emu/internal/event"
 	"github.com/emu-dev/emu/internal/instance"
 	"github.com/emu-dev/emu/internal/machine"
-	"github.com/emu-dev/emu/internal/spec"
 	"github.com/emu-dev/emu/internal/store"
 	"github.com/emu-dev/emu/internal/vmtest"
 )
@@ -24,17 +21,9 @@ func arm64Build(t *testing.T, home store.Home, name, bake string) (*build.Result
 	t.Helper()
 	vmtest.SkipArch(t, "arm64")
 	dir := t.TempDir()
-	path := filepath.Join(dir, "emu.yaml")
-	os.WriteFile(path, []byte("name: "+name+"\nbase: {suite: trixie, arch: arm64}\nvm: {cpus: 1, memory: 256MiB, disk: 1GiB}\nbake:\n"+bake), 0o644)
-	s, err := spec.Load(path)
-	if err != nil {
-		t.Fatal(err)
-	}
 	rec := &event.Recorder{}
-	res, err := build.Build(context.Background(), build.Options{
-		Stack: s, Home: home, OutDir: filepath.Join(dir, "out"), AgentBinary: vmtest.AgentFor(t, "arm64"),
-		Accel: tcg, BaseTarball: vmtest.BaseTarballFor(t, dir, "arm64"), Sink: rec,
-	})
+	res, err := buildTiny(t, home, dir, "name: "+name+"\nbase: {suite: trixie, arch: arm64}\nvm: {cpus: 1, memory: 256MiB, disk: 1GiB}\nbake:\n"+bake,
+		vmtest.AgentFor(t, "arm64"), vmtest.BaseTarballFor(t, dir, "arm64"), rec)
 	return res, rec, err
 }
 

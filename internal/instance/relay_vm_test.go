@@ -14,12 +14,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/emu-dev/emu/internal/build"
 	"github.com/emu-dev/emu/internal/bundle"
 	"github.com/emu-dev/emu/internal/event"
 	"github.com/emu-dev/emu/internal/instance"
 	"github.com/emu-dev/emu/internal/machine"
-	"github.com/emu-dev/emu/internal/spec"
 	"github.com/emu-dev/emu/internal/store"
 	"github.com/emu-dev/emu/internal/vmtest"
 )
@@ -60,18 +58,7 @@ func servicesBundle(t testing.TB, home store.Home, stack string) (string, error)
 	if err := os.WriteFile(filepath.Join(dir, "echoserver"), echo, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	path := filepath.Join(dir, "emu.yaml")
-	if err := os.WriteFile(path, []byte(stack), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	s, err := spec.Load(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	res, err := build.Build(context.Background(), build.Options{
-		Stack: s, Home: home, OutDir: filepath.Join(dir, "out"), AgentBinary: vmtest.Agent(t),
-		Accel: tcg, BaseTarball: vmtest.ServicesTarball(t, dir),
-	})
+	res, err := buildTiny(t, home, dir, stack, vmtest.Agent(t), vmtest.ServicesTarball(t, dir), nil)
 	if err != nil {
 		return "", err
 	}

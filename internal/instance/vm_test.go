@@ -36,21 +36,31 @@ func tinyBundleNamed(t *testing.T, home store.Home, name string) string {
 	t.Helper()
 	vmtest.Skip(t)
 	dir := t.TempDir()
-	path := filepath.Join(dir, "emu.yaml")
-	os.WriteFile(path, []byte("name: "+name+"\nbase: {suite: trixie}\nvm: {cpus: 1, memory: 256MiB, disk: 1GiB}\n"+
-		"bake:\n  - name: mark\n    run: [/bin/sh, -c, \"echo baked > /root/marker\"]\n"), 0o644)
-	s, err := spec.Load(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	res, err := build.Build(context.Background(), build.Options{
-		Stack: s, Home: home, OutDir: filepath.Join(dir, "out"), AgentBinary: vmtest.Agent(t),
-		Accel: tcg, BaseTarball: vmtest.BaseTarball(t, dir),
-	})
+	res, err := buildTiny(t, home, dir, "name: "+name+"\nbase: {suite: trixie}\nvm: {cpus: 1, memory: 256MiB, disk: 1GiB}\n"+
+		"bake:\n  - name: mark\n    run: [/bin/sh, -c, \"echo baked > /root/marker\"]\n", vmtest.Agent(t), vmtest.BaseTarball(t, dir), nil)
 	if err != nil {
 		t.Fatalf("build tiny bundle: %v", err)
 	}
 	return res.Dir
+}
+
+// buildTiny builds the stack file text (written into dir as emu.yaml, so
+// its files may lie beside it) on a tiny guest's base tarball, with agent,
+// under TCG.
+func buildTiny(t testing.TB, home store.Home, dir, stack, agent, base string, sink event.Sink) (*build.Result, error) {
+	t.Helper()
+	path := filepath.Join(dir, "emu.yaml")
+	if err := os.WriteFile(path, []byte(stack), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s, err := spec.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return build.Build(context.Background(), build.Options{
+		Stack: s, Home: home, OutDir: filepath.Join(dir, "out"), AgentBinary: agent,
+		Accel: tcg, BaseTarball: base, Sink: sink,
+	})
 }
 
 func TestVMInstanceLifecycle(t *testing.T) {
