@@ -71,9 +71,10 @@ func Scale(d time.Duration, scale float64) time.Duration {
 // TCGTimeoutScale is how much slower we assume a TCG guest runs.
 const TCGTimeoutScale = 8
 
-// ProbeFunc boots the probe guest with bin under accel and returns nil when
-// it ran to completion, or an error saying what happened instead.
-type ProbeFunc func(ctx context.Context, bin string, accel qemu.Accel) error
+// ProbeFunc boots the probe guest for a guest of arch with bin under accel
+// and returns nil when it ran to completion, or an error saying what
+// happened instead.
+type ProbeFunc func(ctx context.Context, arch, bin string, accel qemu.Accel) error
 
 // Chooser holds what Choose depends on; the zero value uses the real host.
 type Chooser struct {
@@ -134,10 +135,6 @@ func (c Chooser) Choose(ctx context.Context, guestArch, override string) (Choice
 		return choice(qemu.TCG, fmt.Sprintf("tcg: %s does not open read-write (%v)", c.KVMDevice, unwrapPath(err))), nil
 	}
 	f.Close()
-	if c.GOARCH != "amd64" {
-		// The probe guest is an x86 boot sector; there is no arm64 one yet.
-		return choice(qemu.KVM, "kvm: "+c.KVMDevice+" opens (not probed on "+c.GOARCH+" hosts)"), nil
-	}
 	bin, err := qemu.Binary(guestArch)
 	if err != nil {
 		return Choice{}, err
@@ -145,10 +142,10 @@ func (c Chooser) Choose(ctx context.Context, guestArch, override string) (Choice
 	if p, err := c.LookPath(bin); err == nil {
 		bin = p
 	} else {
-		return Choice{}, fmt.Errorf("find %s to probe kvm: %w (install qemu-system-x86, or pass --accel)", bin, err)
+		return Choice{}, fmt.Errorf("find %s to probe kvm: %w (install %s, or pass --accel)", bin, err, map[string]string{"amd64": "qemu-system-x86", "arm64": "qemu-system-arm"}[guestArch])
 	}
 
-	ok, why := c.probeCached(ctx, bin)
+	ok, why := c.probeCached(ctx, guestArch, bin)
 	if ok {
 		k := choice(qemu.KVM, "kvm: "+why)
 		if key, keyOK := c.cacheKey(bin); keyOK && c.CacheDir != "" {
@@ -209,7 +206,7 @@ type cacheEntry struct {
 
 // probeCached returns whether KVM works and a reason without the accel
 // prefix.
-func (c Chooser) probeCached(ctx context.Context, bin string) (bool, string) {
+func (c Chooser) probeCached(ctx context.Context, arch, bin string) (bool, string) {
 	key, keyOK := c.cacheKey(bin)
 	path := ""
 	if c.CacheDir != "" && keyOK {
@@ -223,7 +220,7 @@ func (c Chooser) probeCached(ctx context.Context, bin string) (bool, string) {
 	}
 
 	pctx, cancel := context.WithTimeout(ctx, c.ProbeTimeout)
-	err := c.Probe(pctx, bin, qemu.KVM)
+	err := c.Probe(pctx, arch, bin, qemu.KVM)
 	cancel()
 	if ctx.Err() != nil {
 		// Our caller gave up; that says nothing about KVM, so cache nothing.

@@ -33,12 +33,12 @@ func fakeHost(t *testing.T, goos, goarch string, kvm bool, probe ProbeFunc) (*Ch
 		KVMDevice:  filepath.Join(dir, "kvm"),
 		BootIDFile: write("boot_id", "boot-1\n"),
 		LookPath:   func(string) (string, error) { return bin, nil },
-		Probe: func(ctx context.Context, b string, a qemu.Accel) error {
+		Probe: func(ctx context.Context, arch, b string, a qemu.Accel) error {
 			calls++
-			if b != bin || a != qemu.KVM {
-				t.Errorf("probe(%q, %q), want (%q, kvm)", b, a, bin)
+			if b != bin || a != qemu.KVM || arch != goarch {
+				t.Errorf("probe(%q, %q, %q), want (%q, %q, kvm)", arch, b, a, goarch, bin)
 			}
-			return probe(ctx, b, a)
+			return probe(ctx, arch, b, a)
 		},
 	}
 	if kvm {
@@ -47,13 +47,13 @@ func fakeHost(t *testing.T, goos, goarch string, kvm bool, probe ProbeFunc) (*Ch
 	return c, &calls
 }
 
-func ok(context.Context, string, qemu.Accel) error { return nil }
+func ok(context.Context, string, string, qemu.Accel) error { return nil }
 
 func TestChoose(t *testing.T) {
-	crash := func(context.Context, string, qemu.Accel) error {
+	crash := func(context.Context, string, string, qemu.Accel) error {
 		return errors.New("signal: aborted: error: failed to set MSR 0x10a to 0x69")
 	}
-	hang := func(ctx context.Context, _ string, _ qemu.Accel) error {
+	hang := func(ctx context.Context, _, _ string, _ qemu.Accel) error {
 		<-ctx.Done()
 		return ctx.Err()
 	}
@@ -75,7 +75,8 @@ func TestChoose(t *testing.T) {
 		{"darwin arm64", "darwin", "arm64", false, ok, "arm64", "", qemu.HVF, "hvf: macOS", 0},
 		{"darwin cross", "darwin", "arm64", false, ok, "amd64", "", qemu.TCG, "differs", 0},
 		{"windows", "windows", "amd64", false, ok, "amd64", "", qemu.TCG, "no hardware accelerator", 0},
-		{"linux arm64 unprobed", "linux", "arm64", true, ok, "arm64", "", qemu.KVM, "not probed", 0},
+		{"linux arm64 kvm works", "linux", "arm64", true, ok, "arm64", "", qemu.KVM, "probe guest ran under it", 1},
+		{"linux arm64 kvm crashes", "linux", "arm64", true, crash, "arm64", "", qemu.TCG, "probe guest (-cpu host) failed", 1},
 		{"forced tcg", "linux", "amd64", true, crash, "amd64", "tcg", qemu.TCG, "chosen by --accel", 0},
 		{"forced kvm over broken probe", "linux", "amd64", true, crash, "amd64", "kvm", qemu.KVM, "chosen by --accel", 0},
 		{"forced hvf", "darwin", "arm64", false, ok, "arm64", "hvf", qemu.HVF, "chosen by --accel", 0},
@@ -178,10 +179,32 @@ func TestProbeTCG(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	start := time.Now()
-	if err := Probe(ctx, bin, qemu.TCG); err != nil {
+	if err := Probe(ctx, "amd64", bin, qemu.TCG); err != nil {
 		t.Fatalf("tcg probe: %v", err)
 	}
 	t.Logf("tcg probe exited %d in %s", probeExitCode, time.Since(start))
+}
+
+// TestProbeArm64TCG proves the arm64 probe guest: under TCG on the virt
+// machine it writes OK to the UART and powers off through PSCI.
+func TestProbeArm64TCG(t *testing.T) {
+	if testing.Short() {
+		t.Skip("boots QEMU")
+	}
+	bin, err := exec.LookPath("qemu-system-aarch64")
+	if err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatal("no qemu-system-aarch64")
+		}
+		t.Skip("no qemu-system-aarch64")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	start := time.Now()
+	if err := Probe(ctx, "arm64", bin, qemu.TCG); err != nil {
+		t.Fatalf("arm64 tcg probe: %v", err)
+	}
+	t.Logf("arm64 tcg probe ran in %s", time.Since(start))
 }
 
 // TestChooseOnBrokenKVM runs on machines like ours: /dev/kvm is there but the

@@ -3,6 +3,7 @@ package accel
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
@@ -27,6 +28,39 @@ var bootSector = func() []byte {
 // probeExitCode is QEMU's exit status when the probe guest ran to its end.
 const probeExitCode = 99
 
+// arm64Probe is the arm64 probe guest: a raw image QEMU's virt machine
+// loads with -kernel (no Image header: loaded at RAM + 0x80000 and entered
+// at EL1). It writes "OK\n" to the PL011 UART at 0x09000000, then asks PSCI
+// for SYSTEM_OFF through HVC (the virt machine's conduit, kept by KVM), so
+// QEMU exits 0 with "OK" on the serial console:
+//
+//	movz x1, #0x0900, lsl #16   // the UART's data register
+//	mov  w2, #'O'; str w2, [x1]
+//	mov  w2, #'K'; str w2, [x1]
+//	mov  w2, #'\n'; str w2, [x1]
+//	movz x0, #0x8400, lsl #16
+//	movk x0, #0x0008            // PSCI 0.2 SYSTEM_OFF
+//	hvc  #0
+//	1: wfi; b 1b
+var arm64Probe = func() []byte {
+	var b []byte
+	for _, ins := range []uint32{
+		0xD2A12001,
+		0x528009E2, 0xB9000022,
+		0x52800962, 0xB9000022,
+		0x52800142, 0xB9000022,
+		0xD2B08000, 0xF2800100,
+		0xD4000002,
+		0xD503207F, 0x17FFFFFF,
+	} {
+		b = binary.LittleEndian.AppendUint32(b, ins)
+	}
+	return b
+}()
+
+// arm64ProbeSays is what the arm64 probe guest writes when it ran.
+const arm64ProbeSays = "OK\n"
+
 // ProbeArgs is the probe guest's argv (without the binary) for accel, with
 // the boot sector at img.
 //
@@ -50,23 +84,45 @@ func ProbeArgs(accel qemu.Accel, img string) []string {
 	}
 }
 
-// Probe boots the probe guest with the x86 QEMU binary bin under accel. It
-// returns nil when the guest ran to completion, ctx.Err() when ctx ended
-// first, and otherwise an error that carries the
-// exit status and the last line QEMU wrote to stderr. The QEMU process is
+// ProbeArgsArm64 is the arm64 probe guest's argv (without the binary) for
+// accel, with the image at img and the serial console written to serial.
+func ProbeArgsArm64(accel qemu.Accel, img, serial string) []string {
+	cpu := "host"
+	if accel == qemu.TCG {
+		cpu = "max"
+	}
+	return []string{
+		"-machine", "virt", "-accel", string(accel), "-cpu", cpu,
+		"-nodefaults", "-no-user-config", "-display", "none",
+		"-m", "64",
+		"-kernel", img,
+		"-serial", "file:" + serial,
+	}
+}
+
+// Probe boots the probe guest for a guest of arch (amd64: an x86 boot
+// sector; arm64: arm64Probe on the virt machine) with the QEMU binary bin
+// under accel. It returns nil when the guest ran to completion, ctx.Err()
+// when ctx ended first, and otherwise an error that carries the exit
+// status and the last line QEMU wrote to stderr. The QEMU process is
 // always killed and reaped before Probe returns.
-func Probe(ctx context.Context, bin string, accel qemu.Accel) error {
+func Probe(ctx context.Context, arch, bin string, accel qemu.Accel) error {
 	dir, err := os.MkdirTemp("", "emu-accel-probe-")
 	if err != nil {
 		return err
 	}
 	defer os.RemoveAll(dir)
 	img := filepath.Join(dir, "boot.img")
-	if err := os.WriteFile(img, bootSector, 0o644); err != nil {
+	serial := filepath.Join(dir, "serial.log")
+	image, args := bootSector, ProbeArgs(accel, img)
+	if arch == "arm64" {
+		image, args = arm64Probe, ProbeArgsArm64(accel, img, serial)
+	}
+	if err := os.WriteFile(img, image, 0o644); err != nil {
 		return err
 	}
 
-	cmd := exec.CommandContext(ctx, bin, ProbeArgs(accel, img)...)
+	cmd := exec.CommandContext(ctx, bin, args...)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	cmd.WaitDelay = time.Second
@@ -75,7 +131,15 @@ func Probe(ctx context.Context, bin string, accel qemu.Accel) error {
 		return ctx.Err()
 	}
 	var ee *exec.ExitError
-	if errors.As(err, &ee) && ee.ExitCode() == probeExitCode {
+	if arch == "arm64" {
+		said, _ := os.ReadFile(serial)
+		if err == nil && string(said) == arm64ProbeSays {
+			return nil
+		}
+		if err == nil {
+			err = fmt.Errorf("exit status 0, the guest wrote %q, want %q", said, arm64ProbeSays)
+		}
+	} else if errors.As(err, &ee) && ee.ExitCode() == probeExitCode {
 		return nil
 	}
 	if err == nil {
@@ -98,7 +162,7 @@ func lastLine(s string) string {
 			break
 		}
 	}
-	s = strings.TrimPrefix(s, "qemu-system-x86_64: ")
+	s = strings.TrimPrefix(strings.TrimPrefix(s, "qemu-system-x86_64: "), "qemu-system-aarch64: ")
 	if len(s) > 200 {
 		s = s[:200] + "..."
 	}
