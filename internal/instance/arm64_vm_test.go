@@ -79,6 +79,19 @@ func TestVMArm64(t *testing.T) {
 	if pid, err := instance.RunningPID(inst); err != nil || pid != info.PID {
 		t.Errorf("RunningPID = %d, %v; want %d", pid, err, info.PID)
 	}
+	// emu down suspends an arm64 guest too, and up resumes it.
+	boot := guestRun(t, inst, "cat /proc/sys/kernel/random/boot_id")
+	if _, err := instance.Suspend(ctx, inst, nil, nil); err != nil {
+		t.Fatalf("Suspend: %v", err)
+	}
+	info, err = instance.Up(ctx, instance.UpOptions{Instance: inst, DiskCache: home.DiskCache(), Bundle: res.Dir,
+		Manifest: man, Accel: tcg, NoTemplate: true})
+	if err != nil || info.Start != instance.StartResumed {
+		t.Fatalf("Up after Suspend: %v, start %q; want resumed", err, info.Start)
+	}
+	if got := guestRun(t, inst, "cat /proc/sys/kernel/random/boot_id"); got != boot {
+		t.Errorf("boot ID %s after resume, %s before", got, boot)
+	}
 	if err := instance.Stop(ctx, inst, nil, nil); err != nil {
 		t.Fatalf("Stop: %v", err)
 	}
