@@ -121,6 +121,9 @@ func Run(ctx context.Context, opts Options) Report {
 	}
 
 	if opts.NeedBuild && opts.GOOS == "linux" && opts.GuestArch != opts.HostArch {
+		// mmdebstrap checks with arch-test that the host runs the
+		// architecture's programs before it makes a foreign tree.
+		r.Checks = append(r.Checks, lookTool(opts, tool{name: "arch-test", debPkg: "arch-test", why: "mmdebstrap needs it for a tree of another architecture"}))
 		r.Checks = append(r.Checks, binfmtCheck(opts))
 	}
 	if opts.Dir != "" {

@@ -192,7 +192,7 @@ func TestBinfmtForForeignTree(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			r := Run(context.Background(), Options{
 				NeedBuild: true, GuestArch: "arm64", HostArch: "amd64", GOOS: "linux",
-				LookPath: fakeLookPath(all...), Choose: tcgChoice,
+				LookPath: fakeLookPath(append(all, "arch-test")...), Choose: tcgChoice,
 				ReadFile: func(p string) ([]byte, error) {
 					if s, ok := tc.files[p]; ok {
 						return []byte(s), nil
@@ -216,6 +216,12 @@ func TestBinfmtForForeignTree(t *testing.T) {
 				t.Errorf("FixCommand %q names qemu-user-static: %v, want %v", r.FixCommand(), got, tc.install)
 			}
 		})
+	}
+	// Without arch-test, mmdebstrap refuses a foreign tree: doctor says so.
+	r := Run(context.Background(), Options{NeedBuild: true, GuestArch: "arm64", HostArch: "amd64", GOOS: "linux",
+		LookPath: fakeLookPath(all...), Choose: tcgChoice, ReadFile: func(string) ([]byte, error) { return nil, errors.New("none") }})
+	if !strings.Contains(r.FixCommand(), "arch-test") {
+		t.Errorf("no arch-test in the fix: %q", r.FixCommand())
 	}
 	// A guest of the host's own architecture needs no handler; nor does a
 	// Mac, which builds nothing.
