@@ -127,14 +127,15 @@ func Embedded() []string {
 }
 
 // writeOut writes an embedded agent to cache under a name made of its
-// digest, once: a later call finds it there.
+// digest, once: a later call finds it there, and uses it only when its
+// bytes still have that digest (a damaged copy is written again).
 func writeOut(b []byte, arch, cache string) (string, error) {
 	if cache == "" {
 		return "", errors.New("guest agent: no cache directory to write the built-in agent to")
 	}
 	sum := sha256.Sum256(b)
 	p := filepath.Join(cache, hex.EncodeToString(sum[:8])+"-"+FileName(arch))
-	if fi, err := os.Stat(p); err == nil && fi.Size() == int64(len(b)) {
+	if have, err := os.ReadFile(p); err == nil && sha256.Sum256(have) == sum {
 		return p, nil
 	}
 	if err := os.MkdirAll(cache, 0o755); err != nil {

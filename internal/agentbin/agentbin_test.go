@@ -1,6 +1,7 @@
 package agentbin
 
 import (
+	"bytes"
 	"errors"
 	"os"
 	"path/filepath"
@@ -81,6 +82,16 @@ func TestFind(t *testing.T) {
 	}
 	if p2, err := find("arm64", Options{Cache: cache}, built); err != nil || p2 != p {
 		t.Errorf("second lookup = %q, %v; want the same file %q", p2, err, p)
+	}
+	// A damaged copy (same size, one byte changed) is written again.
+	damaged := append([]byte(nil), armBytes...)
+	damaged[len(damaged)/2] ^= 0xff
+	os.WriteFile(p, damaged, 0o755)
+	if p2, err := find("arm64", Options{Cache: cache}, built); err != nil || p2 != p {
+		t.Errorf("lookup after damage = %q, %v", p2, err)
+	}
+	if got, _ := os.ReadFile(p); !bytes.Equal(got, armBytes) {
+		t.Error("a damaged written-out agent was used as it was")
 	}
 
 	exeDir := t.TempDir()
