@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path"
 	"path/filepath"
 	"sort"
 	"strconv"
@@ -14,29 +15,18 @@ import (
 	"github.com/emu-dev/emu/internal/guest"
 	"github.com/emu-dev/emu/internal/proto"
 	"github.com/emu-dev/emu/internal/store"
+	"github.com/klauspost/compress/zstd"
 )
 
-// inject unpacks the base tree and adds the agent, emu's guest files and
-// the stack's own files. The kernel and initrd move out of the tree: the
-// bundle carries them beside the disk, so the disk need not.
+// inject lays the agent, emu's guest files and the stack's own files over
+// the base tree, as one tar stream for mke2fs: nothing is unpacked, so a
+// user without privileges makes the same disk as root (owners and device
+// nodes stay as the tarball has them). The kernel and initrd move out of
+// the tree: the bundle carries them beside the disk, so the disk need not.
 func (b *builder) inject(ctx context.Context) (stageResult, error) {
 	tree := filepath.Join(b.work, store.WorkTree)
-	if err := os.MkdirAll(tree, 0o755); err != nil {
+	if err := os.MkdirAll(tree, 0o700); err != nil {
 		return stageResult{}, err
-	}
-	if _, err := b.opts.Runner.Run(ctx, "tar", "--zstd", "-xpf", b.tarball, "-C", tree, "--numeric-owner"); err != nil {
-		return stageResult{}, fmt.Errorf("unpack %s: %w", b.tarball, err)
-	}
-	kernel, initrd, err := findKernel(tree)
-	if err != nil {
-		return stageResult{}, err
-	}
-	b.kernel = filepath.Join(b.work, store.WorkKernel)
-	b.initrd = filepath.Join(b.work, store.WorkInitrd)
-	for src, dst := range map[string]string{kernel: b.kernel, initrd: b.initrd} {
-		if err := moveFile(src, dst); err != nil {
-			return stageResult{}, err
-		}
 	}
 	if err := copyFile(b.opts.AgentBinary, filepath.Join(tree, proto.BinaryPath), 0o755); err != nil {
 		return stageResult{}, fmt.Errorf("add agent: %w", err)
@@ -67,23 +57,107 @@ func (b *builder) inject(ctx context.Context) (stageResult, error) {
 			}
 		}
 	}
-	size, err := treeSize(tree)
+	size, err := b.compose(ctx, tree)
 	if err != nil {
 		return stageResult{}, err
 	}
 	return stageResult{Size: size, Facts: map[string]string{"files": strconv.Itoa(len(b.opts.Stack.Files))}}, nil
 }
 
+// compose writes the base tarball with tree laid over it to the work
+// directory's root.tar, taking the kernels and initrds out on the way.
+func (b *builder) compose(ctx context.Context, tree string) (int64, error) {
+	in, err := os.Open(b.tarball)
+	if err != nil {
+		return 0, fmt.Errorf("open base tarball: %w", err)
+	}
+	defer in.Close()
+	zr, err := zstd.NewReader(in)
+	if err != nil {
+		return 0, fmt.Errorf("read base tarball %s: %w", b.tarball, err)
+	}
+	defer zr.Close()
+	boot := filepath.Join(b.work, "boot")
+	if err := os.MkdirAll(boot, 0o700); err != nil {
+		return 0, err
+	}
+	defer os.RemoveAll(boot)
+	var kernels []string
+	layer := disk.Layer{
+		Dir: tree,
+		Take: func(name string) bool {
+			dir, base := path.Split(name)
+			return dir == "/boot/" && (strings.HasPrefix(base, "vmlinuz-") || strings.HasPrefix(base, "initrd.img-"))
+		},
+		Save: func(name string, r io.Reader) error {
+			if strings.HasPrefix(path.Base(name), "vmlinuz-") {
+				kernels = append(kernels, path.Base(name))
+			}
+			return writeFrom(filepath.Join(boot, path.Base(name)), r)
+		},
+	}
+	out := filepath.Join(b.work, store.WorkRootTar)
+	var c disk.Composed
+	err = disk.WriteAtomic(out, 0o600, func(w io.Writer) error {
+		var err error
+		c, err = disk.Compose(contextReader{ctx, zr}, layer, w)
+		return err
+	})
+	if err != nil {
+		return 0, fmt.Errorf("compose the root tree of %s: %w", b.tarball, err)
+	}
+	if err := os.RemoveAll(tree); err != nil {
+		return 0, fmt.Errorf("remove %s: %w", tree, err)
+	}
+	kernel, initrd, err := findKernel(boot, kernels)
+	if err != nil {
+		return 0, err
+	}
+	b.kernel = filepath.Join(b.work, store.WorkKernel)
+	b.initrd = filepath.Join(b.work, store.WorkInitrd)
+	for src, dst := range map[string]string{kernel: b.kernel, initrd: b.initrd} {
+		if err := moveFile(src, dst); err != nil {
+			return 0, err
+		}
+	}
+	return c.Size, nil
+}
+
+// contextReader stops a long copy when ctx ends.
+type contextReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c contextReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
+}
+
+func writeFrom(dst string, r io.Reader) error {
+	f, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(f, r); err != nil {
+		f.Close()
+		return fmt.Errorf("write %s: %w", dst, err)
+	}
+	return f.Close()
+}
+
 // disk writes the tree into a sparse raw ext4 disk of vm.disk bytes.
 func (b *builder) disk(ctx context.Context) (stageResult, error) {
 	raw := b.rawDisk()
-	tree := filepath.Join(b.work, store.WorkTree)
-	if err := disk.MakeExt4(ctx, b.opts.Runner, tree, raw, int64(b.opts.Stack.VM.Disk)); err != nil {
+	root := filepath.Join(b.work, store.WorkRootTar)
+	if err := disk.MakeExt4(ctx, b.opts.Runner, root, raw, int64(b.opts.Stack.VM.Disk)); err != nil {
 		return stageResult{}, err
 	}
 	// The tree is in the disk now; free its space before the guest boots.
-	if err := os.RemoveAll(tree); err != nil {
-		return stageResult{}, fmt.Errorf("remove tree: %w", err)
+	if err := os.Remove(root); err != nil {
+		return stageResult{}, fmt.Errorf("remove %s: %w", root, err)
 	}
 	alloc, err := disk.Allocated(raw)
 	if err != nil {
@@ -92,17 +166,17 @@ func (b *builder) disk(ctx context.Context) (stageResult, error) {
 	return stageResult{Size: alloc}, nil
 }
 
-// findKernel returns the tree's newest kernel and its initrd.
-func findKernel(tree string) (kernel, initrd string, err error) {
-	ks, _ := filepath.Glob(filepath.Join(tree, "boot", "vmlinuz-*"))
-	if len(ks) == 0 {
+// findKernel returns the newest of kernels (vmlinuz-VERSION files in
+// boot) and its initrd.
+func findKernel(boot string, kernels []string) (kernel, initrd string, err error) {
+	if len(kernels) == 0 {
 		return "", "", fmt.Errorf("find kernel: no /boot/vmlinuz-* in the tree (is base.kernel a kernel package?)")
 	}
-	sort.Strings(ks)
-	kernel = ks[len(ks)-1]
-	initrd = filepath.Join(tree, "boot", "initrd.img-"+strings.TrimPrefix(filepath.Base(kernel), "vmlinuz-"))
+	sort.Strings(kernels)
+	kernel = filepath.Join(boot, kernels[len(kernels)-1])
+	initrd = filepath.Join(boot, "initrd.img-"+strings.TrimPrefix(kernels[len(kernels)-1], "vmlinuz-"))
 	if _, err := os.Stat(initrd); err != nil {
-		return "", "", fmt.Errorf("find initrd for %s: %w (the tree needs initramfs-tools)", filepath.Base(kernel), err)
+		return "", "", fmt.Errorf("find initrd for %s: %w (the tree needs initramfs-tools)", path.Base(kernel), err)
 	}
 	return kernel, initrd, nil
 }
@@ -121,7 +195,7 @@ func copyFile(src, dst string, mode os.FileMode) error {
 		return err
 	}
 	defer in.Close()
-	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+	if err := os.MkdirAll(filepath.Dir(dst), 0o700); err != nil {
 		return err
 	}
 	tmp := dst + ".emu-tmp"
@@ -143,26 +217,4 @@ func copyFile(src, dst string, mode os.FileMode) error {
 		return err
 	}
 	return os.Rename(tmp, dst)
-}
-
-// treeSize is the apparent size of the regular files under root.
-func treeSize(root string) (int64, error) {
-	var n int64
-	err := filepath.WalkDir(root, func(_ string, d os.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		if d.Type().IsRegular() {
-			fi, err := d.Info()
-			if err != nil {
-				return err
-			}
-			n += fi.Size()
-		}
-		return nil
-	})
-	if err != nil {
-		return 0, fmt.Errorf("measure tree %s: %w", root, err)
-	}
-	return n, nil
 }

@@ -25,23 +25,35 @@ type Runner interface {
 const Label = "emu-root"
 
 // MakeExt4 writes a sparse raw disk of size bytes at out holding one ext4
-// filesystem with the contents of tree (mkfs.ext4 -d: no mounts, no root
-// privileges beyond reading the tree; owners are copied from it).
+// filesystem with the contents of src, a directory or a tar file (mkfs.ext4
+// -d: no mounts, no privileges; owners are copied from the directory or
+// the tar headers; a tar file needs e2fsprogs 1.47.1 or newer with
+// libarchive).
 //
 // The filesystem has no journal: provisioning runs on a throwaway disk, and
 // a journal written during it would keep stale copies of metadata that
 // trimming cannot reach. AddJournal gives the finished disk a fresh one.
-func MakeExt4(ctx context.Context, r Runner, tree, out string, size int64) error {
+func MakeExt4(ctx context.Context, r Runner, src, out string, size int64) error {
 	_ = os.Remove(out)
 	args := []string{
 		"-q", "-F", "-L", Label,
 		"-m", "0", // no blocks reserved for root: the guest is single-purpose
 		"-O", "^has_journal",
 		"-E", "lazy_itable_init=0", // no background zeroing in the guest
-		"-d", tree, out, fmt.Sprintf("%dk", size/1024),
+		"-d", src, out, fmt.Sprintf("%dk", size/1024),
 	}
 	if _, err := r.Run(ctx, "mkfs.ext4", args...); err != nil {
-		return fmt.Errorf("make ext4 disk %s from %s: %w", out, tree, err)
+		return fmt.Errorf("make ext4 disk %s from %s: %w", out, src, err)
+	}
+	return Private(out)
+}
+
+// Private makes the file at path readable and writable by its owner only
+// (0600), for what a tool created with the usual 0644: everything emu
+// keeps for a user is that user's alone.
+func Private(path string) error {
+	if err := os.Chmod(path, 0o600); err != nil {
+		return fmt.Errorf("make %s private: %w", path, err)
 	}
 	return nil
 }
@@ -66,7 +78,7 @@ func CreateOverlay(ctx context.Context, r Runner, base, dst string) error {
 	if _, err := r.Run(ctx, "qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", abs, dst); err != nil {
 		return fmt.Errorf("create overlay %s on %s: %w", dst, base, err)
 	}
-	return nil
+	return Private(dst)
 }
 
 // SyncFile flushes path's data to stable storage.

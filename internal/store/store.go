@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"syscall"
 )
 
 // Home is emu's set of directories. EMU_HOME puts all of them under one
@@ -17,24 +18,63 @@ type Home struct {
 }
 
 // FromEnv returns the Home for this user, as the environment (getenv)
-// sets it: EMU_HOME, else the XDG directories.
+// sets it: EMU_HOME, else the XDG directories. Its three roots exist when
+// it returns, private to this user (Claim).
 func FromEnv(getenv func(string) string) (Home, error) {
+	var h Home
 	if root := getenv("EMU_HOME"); root != "" {
 		abs, err := filepath.Abs(root)
 		if err != nil {
 			return Home{}, fmt.Errorf("resolve EMU_HOME %q: %w", root, err)
 		}
-		return At(abs), nil
+		h = At(abs)
+	} else {
+		home, err := os.UserHomeDir()
+		if err != nil {
+			return Home{}, fmt.Errorf("find home directory (set EMU_HOME): %w", err)
+		}
+		h = Home{
+			Data:  xdg(getenv("XDG_DATA_HOME"), filepath.Join(home, ".local", "share"), "emu"),
+			Cache: xdg(getenv("XDG_CACHE_HOME"), filepath.Join(home, ".cache"), "emu"),
+			State: xdg(getenv("XDG_STATE_HOME"), filepath.Join(home, ".local", "state"), "emu"),
+		}
 	}
-	home, err := os.UserHomeDir()
-	if err != nil {
-		return Home{}, fmt.Errorf("find home directory (set EMU_HOME): %w", err)
+	if err := h.Claim(); err != nil {
+		return Home{}, err
 	}
-	return Home{
-		Data:  xdg(getenv("XDG_DATA_HOME"), filepath.Join(home, ".local", "share"), "emu"),
-		Cache: xdg(getenv("XDG_CACHE_HOME"), filepath.Join(home, ".cache"), "emu"),
-		State: xdg(getenv("XDG_STATE_HOME"), filepath.Join(home, ".local", "state"), "emu"),
-	}, nil
+	return h, nil
+}
+
+// Claim makes the home's roots (Data, Cache, State) if they are missing,
+// 0700, and checks that this user owns them: root and every user keep
+// their own images, caches and instances, never one shared set (a cache
+// written by root is one a user cannot update, and one a user wrote is
+// one root would trust). A root of this user's that others could read,
+// as emu made them before, is made private.
+func (h Home) Claim() error {
+	uid := os.Geteuid()
+	for _, dir := range []string{h.Data, h.Cache, h.State} {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return fmt.Errorf("create %s: %w", dir, err)
+		}
+		fi, err := os.Stat(dir)
+		if err != nil {
+			return fmt.Errorf("check %s: %w", dir, err)
+		}
+		st, ok := fi.Sys().(*syscall.Stat_t)
+		if !ok {
+			continue
+		}
+		if int(st.Uid) != uid {
+			return fmt.Errorf("use %s: it belongs to uid %d, not to this user (uid %d): root and each user keep their own images and caches; unset EMU_HOME (or sudo's preserved environment) or point it at a directory of this user's", dir, st.Uid, uid)
+		}
+		if fi.Mode().Perm()&0o077 != 0 {
+			if err := os.Chmod(dir, 0o700); err != nil {
+				return fmt.Errorf("make %s private: %w", dir, err)
+			}
+		}
+	}
+	return nil
 }
 
 // At returns a Home with everything under root.
@@ -168,7 +208,8 @@ const (
 
 // Build work directory file names.
 const (
-	WorkTree     = "tree"
+	WorkTree     = "tree"     // the files emu adds to the base tree
+	WorkRootTar  = "root.tar" // the base and those files, for mke2fs -d
 	WorkDisk     = "disk.raw"
 	WorkKernel   = "vmlinuz"
 	WorkInitrd   = "initrd.img"
