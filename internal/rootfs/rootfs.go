@@ -58,6 +58,18 @@ func Key(base spec.Base) string {
 type Cache struct {
 	Dir    string
 	Runner Runner
+	// Mode is mmdebstrap's --mode; "" picks by the effective user: root
+	// mode for root, unshare mode (user namespaces, the user's
+	// subordinate ids) for anyone else. Both make the same tarball.
+	Mode string
+}
+
+// DefaultMode is the mmdebstrap mode for this process's user.
+func DefaultMode() string {
+	if os.Geteuid() == 0 {
+		return "root"
+	}
+	return "unshare"
 }
 
 // Path is where base's tarball lives in the cache.
@@ -74,13 +86,20 @@ func (c Cache) Ensure(ctx context.Context, base spec.Base) (path string, cached 
 	if fi, err := os.Stat(path); err == nil && fi.Size() > 0 {
 		return path, true, nil
 	}
-	if err := os.MkdirAll(c.Dir, 0o755); err != nil {
+	if err := os.MkdirAll(c.Dir, 0o700); err != nil {
 		return "", false, fmt.Errorf("create rootfs cache %s: %w", c.Dir, err)
 	}
 	tmp := filepath.Join(c.Dir, fmt.Sprintf(".%s.tmp-%d.tar.zst", Key(base), os.Getpid()))
 	defer os.Remove(tmp)
-	if _, err := c.Runner.Run(ctx, "mmdebstrap", Args(base, tmp)...); err != nil {
-		return "", false, fmt.Errorf("make root filesystem (%s, %s): %w", base.Suite, strings.Join(base.Packages, " "), err)
+	mode := c.Mode
+	if mode == "" {
+		mode = DefaultMode()
+	}
+	if _, err := c.Runner.Run(ctx, "mmdebstrap", Args(base, mode, tmp)...); err != nil {
+		return "", false, fmt.Errorf("make root filesystem (%s, %s, mmdebstrap %s mode): %w", base.Suite, strings.Join(base.Packages, " "), mode, err)
+	}
+	if err := disk.Private(tmp); err != nil {
+		return "", false, err
 	}
 	if err := disk.SyncFile(tmp); err != nil {
 		return "", false, err
@@ -91,10 +110,11 @@ func (c Cache) Ensure(ctx context.Context, base spec.Base) (path string, cached 
 	return path, false, nil
 }
 
-// Args is mmdebstrap's argv for base, writing the tarball out (its
+// Args is mmdebstrap's argv for base in mode, writing the tarball out (its
 // extension picks the compression).
-func Args(base spec.Base, out string) []string {
+func Args(base spec.Base, mode, out string) []string {
 	return []string{
+		"--mode=" + mode,
 		"--variant=minbase",
 		"--arch=" + base.Arch,
 		"--include=" + strings.Join(Packages(base), ","),

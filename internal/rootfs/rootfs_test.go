@@ -35,8 +35,8 @@ func TestKey(t *testing.T) {
 }
 
 func TestArgs(t *testing.T) {
-	got := strings.Join(Args(base, "/c/out.tar.zst"), " ")
-	want := "--variant=minbase --arch=amd64 --include=kmod,linux-image-cloud-amd64,postgresql,systemd,systemd-sysv,udev,valkey-server trixie /c/out.tar.zst"
+	got := strings.Join(Args(base, "unshare", "/c/out.tar.zst"), " ")
+	want := "--mode=unshare --variant=minbase --arch=amd64 --include=kmod,linux-image-cloud-amd64,postgresql,systemd,systemd-sysv,udev,valkey-server trixie /c/out.tar.zst"
 	if got != want {
 		t.Errorf("Args =\n  %s\nwant\n  %s", got, want)
 	}
