@@ -118,7 +118,7 @@ func Probe(ctx context.Context, arch, bin string, accel qemu.Accel) error {
 	if arch == "arm64" {
 		image, args = arm64Probe, ProbeArgsArm64(accel, img, serial)
 	}
-	if err := os.WriteFile(img, image, 0o644); err != nil {
+	if err := os.WriteFile(img, image, 0o600); err != nil {
 		return err
 	}
 

@@ -138,10 +138,10 @@ func writeOut(b []byte, arch, cache string) (string, error) {
 	if have, err := os.ReadFile(p); err == nil && sha256.Sum256(have) == sum {
 		return p, nil
 	}
-	if err := os.MkdirAll(cache, 0o755); err != nil {
+	if err := os.MkdirAll(cache, 0o700); err != nil {
 		return "", fmt.Errorf("guest agent: %w", err)
 	}
-	err := disk.WriteAtomic(p, 0o755, func(w io.Writer) error {
+	err := disk.WriteAtomic(p, 0o700, func(w io.Writer) error {
 		_, err := w.Write(b)
 		return err
 	})

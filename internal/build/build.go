@@ -221,7 +221,7 @@ func Build(ctx context.Context, opts Options) (res *Result, err error) {
 func (b *builder) prepare() (func(error), error) {
 	name := b.opts.BundleName
 	for _, d := range []string{b.opts.Home.Work(), b.opts.OutDir} {
-		if err := os.MkdirAll(d, 0o755); err != nil {
+		if err := os.MkdirAll(d, 0o700); err != nil {
 			return nil, &Error{Stage: "prepare", Err: fmt.Errorf("create %s: %w", d, err)}
 		}
 	}
@@ -246,7 +246,7 @@ func (b *builder) prepare() (func(error), error) {
 	}
 	b.work = work
 	b.logs = filepath.Join(b.opts.Home.BuildLogs(name), fmt.Sprintf("%s-%d", time.Now().UTC().Format("20060102T150405Z"), os.Getpid()))
-	if err := os.MkdirAll(b.logs, 0o755); err != nil {
+	if err := os.MkdirAll(b.logs, 0o700); err != nil {
 		os.RemoveAll(work)
 		return nil, &Error{Stage: "prepare", Err: fmt.Errorf("create log directory: %w", err)}
 	}

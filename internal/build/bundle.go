@@ -69,7 +69,7 @@ func (b *builder) rawDisk() string { return filepath.Join(b.work, store.WorkDisk
 
 // compress converts the provisioned disk into the staged bundle's qcow2.
 func (b *builder) compress(ctx context.Context) (stageResult, error) {
-	if err := os.MkdirAll(b.staged, 0o755); err != nil {
+	if err := os.MkdirAll(b.staged, 0o700); err != nil {
 		return stageResult{}, fmt.Errorf("create %s: %w", b.staged, err)
 	}
 	dst := filepath.Join(b.staged, store.BundleDisk)
@@ -95,7 +95,7 @@ func (b *builder) assemble() (int64, error) {
 		if _, err := os.Stat(filepath.Join(b.staged, name)); err == nil {
 			continue
 		}
-		if err := copyFile(src, filepath.Join(b.staged, name), 0o644); err != nil {
+		if err := copyFile(src, filepath.Join(b.staged, name), 0o600); err != nil {
 			return 0, fmt.Errorf("add %s to bundle: %w", name, err)
 		}
 	}
@@ -113,7 +113,7 @@ func (b *builder) assemble() (int64, error) {
 	if err != nil {
 		return 0, err
 	}
-	if err := copyFile(filepath.Join(b.logs, store.ProvisionLog), filepath.Join(b.staged, store.BundleLog), 0o644); err != nil {
+	if err := copyFile(filepath.Join(b.logs, store.ProvisionLog), filepath.Join(b.staged, store.BundleLog), 0o600); err != nil {
 		return 0, fmt.Errorf("add provision log to bundle: %w", err)
 	}
 	if m.Files == nil {
@@ -136,7 +136,7 @@ func (b *builder) assemble() (int64, error) {
 	if err != nil {
 		return 0, err
 	}
-	if err := os.WriteFile(filepath.Join(b.staged, store.BundleManifest), append(mj, '\n'), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(b.staged, store.BundleManifest), append(mj, '\n'), 0o600); err != nil {
 		return 0, fmt.Errorf("write manifest: %w", err)
 	}
 	return total, nil
@@ -166,7 +166,7 @@ func (b *builder) seedDiskCache() {
 	if _, err := os.Stat(filepath.Join(cached, disk.PackedName)); err == nil {
 		return
 	}
-	if err := os.MkdirAll(cached, 0o755); err == nil {
+	if err := os.MkdirAll(cached, 0o700); err == nil {
 		if err := os.Rename(b.rawDisk(), filepath.Join(cached, disk.PackedName)); err != nil {
 			os.Remove(cached)
 		}

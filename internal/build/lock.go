@@ -21,12 +21,12 @@ import (
 // nothing is left beside the bundles; it is never removed (removing a
 // flock's file lets two holders lock two files).
 func lockOutput(dir, final string) (release func(), err error) {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create %s: %w", dir, err)
 	}
 	sum := sha256.Sum256([]byte(final))
 	path := filepath.Join(dir, "build-"+hex.EncodeToString(sum[:8])+".lock")
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("open build lock %s: %w", path, err)
 	}

@@ -147,7 +147,7 @@ func (b *builder) candidates(ctx context.Context, src string, opts binopt.Option
 	if p, err := loadPrepared(dir); err == nil {
 		return p, true, nil
 	}
-	if err := os.MkdirAll(root, 0o755); err != nil {
+	if err := os.MkdirAll(root, 0o700); err != nil {
 		return binopt.Prepared{}, false, err
 	}
 	tmp, err := os.MkdirTemp(root, ".tmp-")
@@ -163,7 +163,7 @@ func (b *builder) candidates(ctx context.Context, src string, opts binopt.Option
 	if err != nil {
 		return p, false, err
 	}
-	if err := os.WriteFile(filepath.Join(tmp, "report.json"), rj, 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(tmp, "report.json"), rj, 0o600); err != nil {
 		return p, false, err
 	}
 	if err := os.Rename(tmp, dir); err != nil && !errors.Is(err, os.ErrExist) && !errors.Is(err, syscall.ENOTEMPTY) {

@@ -46,6 +46,9 @@ func Pack(ctx context.Context, raw, dst string, level int) error {
 	if err := pipe(tarCmd, zCmd); err != nil {
 		return fmt.Errorf("pack disk %s into %s: %w", raw, dst, noSpace(err, filepath.Dir(dst)))
 	}
+	if err := Private(tmp); err != nil {
+		return err
+	}
 	if err := SyncFile(tmp); err != nil {
 		return err
 	}
@@ -59,7 +62,7 @@ func Pack(ctx context.Context, raw, dst string, level int) error {
 // returns its path. dir is made under a temporary name and renamed at the
 // end, so a half-unpacked disk is never found at dir.
 func Unpack(ctx context.Context, packed, dir string) (string, error) {
-	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
+	if err := os.MkdirAll(filepath.Dir(dir), 0o700); err != nil {
 		return "", fmt.Errorf("unpack %s: %w", packed, err)
 	}
 	tmp, err := os.MkdirTemp(filepath.Dir(dir), "."+filepath.Base(dir)+".tmp-")
@@ -147,7 +150,7 @@ func unpackGo(ctx context.Context, packed, dir string) error {
 			break
 		}
 	}
-	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return err
 	}

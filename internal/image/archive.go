@@ -241,7 +241,7 @@ func WriteDockerArchive(ctx context.Context, dst string, imgs []Image) error {
 		cp.Refs = want.Refs
 		founds = append(founds, &cp)
 	}
-	return disk.WriteAtomic(dst, 0o644, func(w io.Writer) error { return writeFound(ctx, w, founds) })
+	return disk.WriteAtomic(dst, 0o600, func(w io.Writer) error { return writeFound(ctx, w, founds) })
 }
 
 // writeFound writes imgs as one docker-archive, named by their Refs.

@@ -82,7 +82,7 @@ func Flatten(ctx context.Context, img Image, dst string) (Image, error) {
 	if out.layers[0].diffID, err = v1.NewHash(diffID); err != nil {
 		return Image{}, err
 	}
-	if err := disk.WriteAtomic(dst, 0o644, func(w io.Writer) error { return writeFound(ctx, w, []*found{out}) }); err != nil {
+	if err := disk.WriteAtomic(dst, 0o600, func(w io.Writer) error { return writeFound(ctx, w, []*found{out}) }); err != nil {
 		return Image{}, err
 	}
 	return out.Image, nil

@@ -62,10 +62,10 @@ var ErrNotRunning = errors.New("not running")
 // Lock takes the instance's lock for one emu command; another command on
 // the same instance gets a clear error instead of a second VM.
 func Lock(inst store.Instance) (release func(), err error) {
-	if err := os.MkdirAll(inst.Dir, 0o755); err != nil {
+	if err := os.MkdirAll(inst.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create instance directory %s: %w", inst.Dir, err)
 	}
-	f, err := os.OpenFile(inst.Lock(), os.O_RDWR|os.O_CREATE, 0o644)
+	f, err := os.OpenFile(inst.Lock(), os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("open lock %s: %w", inst.Lock(), err)
 	}
@@ -88,7 +88,7 @@ func writePID(path string, pid int) error {
 	if err != nil {
 		return err
 	}
-	return os.WriteFile(path, []byte(fmt.Sprintf("%d %d\n", pid, st)), 0o644)
+	return os.WriteFile(path, []byte(fmt.Sprintf("%d %d\n", pid, st)), 0o600)
 }
 
 // errExited: the process has exited (its leader is a zombie), though
@@ -145,7 +145,7 @@ func writeInfo(inst store.Instance, info Info) error {
 		return err
 	}
 	tmp := inst.State() + ".tmp"
-	if err := os.WriteFile(tmp, append(b, '\n'), 0o644); err != nil {
+	if err := os.WriteFile(tmp, append(b, '\n'), 0o600); err != nil {
 		return err
 	}
 	return os.Rename(tmp, inst.State())
@@ -306,7 +306,7 @@ func Up(ctx context.Context, o UpOptions) (Info, error) {
 	}
 	err := runSteps(ctx, o.Log, []step{
 		{name: "directory", do: func(context.Context) error {
-			if err := os.MkdirAll(inst.Dir, 0o755); err != nil {
+			if err := os.MkdirAll(inst.Dir, 0o700); err != nil {
 				return fmt.Errorf("create instance directory %s: %w", inst.Dir, err)
 			}
 			return nil

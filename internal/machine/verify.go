@@ -86,7 +86,7 @@ func Verify(ctx context.Context, opts VerifyOptions) (Timings, error) {
 			opts.Sink.Emit(e)
 		}
 	}
-	if err := os.MkdirAll(opts.WorkDir, 0o755); err != nil {
+	if err := os.MkdirAll(opts.WorkDir, 0o700); err != nil {
 		return t, fmt.Errorf("create %s: %w", opts.WorkDir, err)
 	}
 	work, err := os.MkdirTemp(opts.WorkDir, "verify-")
@@ -105,7 +105,7 @@ func Verify(ctx context.Context, opts VerifyOptions) (Timings, error) {
 	logDir := opts.LogDir
 	if logDir == "" {
 		logDir = work
-	} else if err := os.MkdirAll(logDir, 0o755); err != nil {
+	} else if err := os.MkdirAll(logDir, 0o700); err != nil {
 		return t, err
 	}
 	// The check forwards every service port, each to a free host port,

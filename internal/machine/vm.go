@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"sync"
@@ -39,8 +40,9 @@ type Config struct {
 	// Serial is the console log file; Output receives QEMU's own messages.
 	Serial string
 	Output string
-	// AgentSocket is the agent channel's path; "" makes an abstract socket
-	// that lives only as long as QEMU (builds, boot checks).
+	// AgentSocket is the agent channel's path; "" makes one in a private
+	// temporary directory, removed once connected, so the channel lives only
+	// as long as QEMU and nobody else can reach it (builds, boot checks).
 	AgentSocket string
 	// QMPSocket, Forwards, FWCfg and Detach are for long-running instances.
 	QMPSocket string
@@ -70,9 +72,12 @@ type VM struct {
 }
 
 // Start boots the guest and connects to its agent channel. The channel is
-// a listening socket made here and handed to QEMU as a file descriptor, in
-// the abstract namespace (no path length limit, nothing left on disk), so
-// connecting needs no wait for QEMU to create anything.
+// a listening socket made here and handed to QEMU as a file descriptor, so
+// connecting needs no wait for QEMU to create anything. Without
+// cfg.AgentSocket it is made in a directory only this user can enter
+// (0700) and unlinked once connected: no other local user can see it or
+// connect to it (an abstract socket, what emu used before, is open to
+// every process in the network namespace).
 func Start(ctx context.Context, cfg Config) (*VM, error) {
 	bin := cfg.QEMU
 	if bin == "" {
@@ -83,7 +88,23 @@ func Start(ctx context.Context, cfg Config) (*VM, error) {
 	}
 	agentAddr := cfg.AgentSocket
 	if agentAddr == "" {
-		agentAddr = "@emu-" + randomID()
+		dir, err := os.MkdirTemp("", "emu-agent-")
+		if err != nil {
+			return nil, fmt.Errorf("make agent channel directory: %w", err)
+		}
+		defer os.RemoveAll(dir)
+		agentAddr = filepath.Join(dir, "agent.sock")
+	}
+	// QEMU creates the console log with the usual 0644: make it first.
+	for _, p := range []string{cfg.Serial} {
+		if p == "" {
+			continue
+		}
+		f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+		if err != nil {
+			return nil, fmt.Errorf("create console log: %w", err)
+		}
+		f.Close()
 	}
 	// Each socket is made here, listening, and handed to QEMU as a file
 	// descriptor: connecting then needs no wait for QEMU to create it.
@@ -107,7 +128,7 @@ func Start(ctx context.Context, cfg Config) (*VM, error) {
 	if err != nil {
 		return nil, err
 	}
-	out, err := os.Create(cfg.Output)
+	out, err := os.OpenFile(cfg.Output, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("create qemu log: %w", err)
 	}

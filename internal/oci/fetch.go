@@ -26,7 +26,7 @@ const copyBuffer = 1 << 20
 // digest are removed: a resume could never mend them.
 func download(ctx context.Context, f *fetcher, bp *blobProgress, dst string, l v1.Descriptor) error {
 	partial := dst + ".partial"
-	pf, err := os.OpenFile(partial, os.O_RDWR|os.O_CREATE, 0o644)
+	pf, err := os.OpenFile(partial, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return fmt.Errorf("open %s: %w", partial, err)
 	}

@@ -184,7 +184,7 @@ func fetchConfig(ctx context.Context, f *fetcher, r resolved, opts PullOptions) 
 // after the other, and returns where, by file name. It counts what it
 // fetched and reused in res.
 func fetchBlobs(ctx context.Context, f *fetcher, tr *transfer, home store.Home, blobs string, layers []v1.Descriptor, res *PullResult) (map[string]string, error) {
-	if err := os.MkdirAll(blobs, 0o755); err != nil {
+	if err := os.MkdirAll(blobs, 0o700); err != nil {
 		return nil, fmt.Errorf("create %s: %w", blobs, err)
 	}
 	for _, l := range layers {
@@ -368,14 +368,14 @@ func inStore(home store.Home, title string, l v1.Descriptor) string {
 // manifest and origin, and swaps it into place in one step.
 func place(final string, config []byte, origin Origin, paths map[string]string) (err error) {
 	parent := filepath.Dir(final)
-	if err := os.MkdirAll(parent, 0o755); err != nil {
+	if err := os.MkdirAll(parent, 0o700); err != nil {
 		return fmt.Errorf("create %s: %w", parent, err)
 	}
 	staged := filepath.Join(parent, "."+filepath.Base(final)+".tmp-"+strconv.Itoa(os.Getpid()))
 	if err := os.RemoveAll(staged); err != nil {
 		return fmt.Errorf("remove %s: %w", staged, err)
 	}
-	if err := os.Mkdir(staged, 0o755); err != nil {
+	if err := os.Mkdir(staged, 0o700); err != nil {
 		return fmt.Errorf("create %s: %w", staged, err)
 	}
 	defer func() {
@@ -395,10 +395,10 @@ func place(final string, config []byte, origin Origin, paths map[string]string) 
 	if err != nil {
 		return err
 	}
-	if err := os.WriteFile(filepath.Join(staged, store.BundleManifest), config, 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(staged, store.BundleManifest), config, 0o600); err != nil {
 		return fmt.Errorf("write %s: %w", store.BundleManifest, err)
 	}
-	if err := os.WriteFile(filepath.Join(staged, store.BundleOrigin), append(ob, '\n'), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(staged, store.BundleOrigin), append(ob, '\n'), 0o600); err != nil {
 		return fmt.Errorf("write %s: %w", store.BundleOrigin, err)
 	}
 	names := []string{store.BundleManifest, store.BundleOrigin}
@@ -419,7 +419,7 @@ func copyFile(src, dst string) error {
 		return fmt.Errorf("copy %s: %w", src, err)
 	}
 	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return fmt.Errorf("copy %s to %s: %w", src, dst, err)
 	}
