@@ -146,9 +146,10 @@ func buildStack(ctx context.Context, e *env, r buildRequest) (*build.Result, err
 // with the doctor's report when something is missing.
 func checkHost(ctx context.Context, e *env, home store.Home, dir, arch, accelOverride string, needBuild bool) (accel.Choice, error) {
 	rep := doctor.Run(ctx, doctorOptions(home, dir, arch, accelOverride, needBuild))
-	if !rep.OK() {
-		rep.Write(e.stderr)
-		return accel.Choice{}, withHint{err: fmt.Errorf("the host is missing what emu needs"), hint: "install it with: " + rep.FixCommand()}
+	if err := rep.Err(); err != nil {
+		// The error names each missing piece; its hint, the commands
+		// that fix them.
+		return accel.Choice{}, err
 	}
 	if rep.Accel.Accel == "" {
 		return accel.Choice{}, fmt.Errorf("choose accelerator: none usable")
@@ -187,9 +188,9 @@ func runDoctor(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	rep := doctor.Run(ctx, doctorOptions(home, home.Data, *arch, *accelFlag, true))
-	rep.Write(e.stdout)
+	rep.Write(e.stdout) // the table, then the commands that fix what failed
 	if !rep.OK() {
-		return withHint{err: fmt.Errorf("the host is missing what emu needs"), hint: "install it with: " + rep.FixCommand()}
+		return fmt.Errorf("the host is missing what emu needs")
 	}
 	return nil
 }

@@ -16,6 +16,7 @@ import (
 	"text/tabwriter"
 
 	"github.com/emu-dev/emu/internal/accel"
+	"github.com/emu-dev/emu/internal/command"
 	"github.com/emu-dev/emu/internal/qemu"
 )
 
@@ -37,6 +38,8 @@ type Report struct {
 	Checks []Check
 	Accel  accel.Choice
 	GOOS   string
+	// sudo prefixes FixCommand: "sudo " for a user who is not root.
+	sudo string
 }
 
 // Options says what to check and injects the host.
@@ -54,22 +57,27 @@ type Options struct {
 	ReadFile  func(string) ([]byte, error)
 	FreeSpace func(dir string) (int64, error) // nil means statfs
 	Choose    func(ctx context.Context, guestArch, override string) (accel.Choice, error)
+
+	// Account is who runs emu: anyone but root builds the tree in a user
+	// namespace. nil means this process's (CurrentAccount).
+	Account *Account
+	// Exists reports whether a file is there (libarchive); nil means
+	// os.Stat succeeds.
+	Exists func(path string) bool
+	// OpenRW opens a file read-write and closes it (/dev/kvm); nil means
+	// os.OpenFile.
+	OpenRW func(path string) error
+	// Privilege says how a program may act as root: "setuid root", "file
+	// capabilities" or "" for neither (newuidmap); nil reads the file's
+	// mode, owner and security.capability.
+	Privilege func(path string) (string, error)
+	// Command runs a program and returns its combined output (mke2fs -V,
+	// ldconfig -p); nil means command.Exec.
+	Command func(ctx context.Context, name string, args ...string) ([]byte, error)
 }
 
-// Disk space thresholds for Dir.
-const (
-	WarnBelow = 10 << 30
-	FailBelow = 3 << 30
-)
-
-// tool is a program emu runs and where it comes from.
-type tool struct {
-	name, debPkg, brewPkg, why string
-	build                      bool
-}
-
-// Run performs every check. It never fails: problems are Checks.
-func Run(ctx context.Context, opts Options) Report {
+// withDefaults fills what opts leaves unset with the real host.
+func (opts Options) withDefaults() Options {
 	if opts.GOOS == "" {
 		opts.GOOS = runtime.GOOS
 	}
@@ -91,7 +99,77 @@ func Run(ctx context.Context, opts Options) Report {
 	if opts.Choose == nil {
 		opts.Choose = accel.Choose
 	}
-	r := Report{GOOS: opts.GOOS}
+	if opts.Account == nil {
+		a := CurrentAccount()
+		opts.Account = &a
+	}
+	if opts.Exists == nil {
+		opts.Exists = func(p string) bool { _, err := os.Stat(p); return err == nil }
+	}
+	if opts.OpenRW == nil {
+		opts.OpenRW = openRW
+	}
+	if opts.Privilege == nil {
+		opts.Privilege = privilege
+	}
+	if opts.Command == nil {
+		opts.Command = command.Exec{}.Run
+	}
+	return opts
+}
+
+// sudo is what goes before a command that needs root: "sudo " unless
+// this is root already (or a Mac, whose fixes are brew's).
+func (opts Options) sudo() string {
+	if opts.GOOS != "linux" || opts.Account.UID == 0 {
+		return ""
+	}
+	return "sudo "
+}
+
+func openRW(path string) error {
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return err
+	}
+	return f.Close()
+}
+
+// LookPath finds a program in PATH, then in /usr/sbin and /sbin: a
+// user's PATH on Debian lacks them, and mke2fs and ldconfig live there.
+func LookPath(name string) (string, error) {
+	return lookSbin(exec.LookPath, name)
+}
+
+func lookSbin(look func(string) (string, error), name string) (string, error) {
+	p, err := look(name)
+	if err == nil || strings.Contains(name, "/") {
+		return p, err
+	}
+	for _, dir := range []string{"/usr/sbin", "/sbin"} {
+		if p, serr := look(dir + "/" + name); serr == nil {
+			return p, nil
+		}
+	}
+	return "", err
+}
+
+// Disk space thresholds for Dir.
+const (
+	WarnBelow = 10 << 30
+	FailBelow = 3 << 30
+)
+
+// tool is a program emu runs and where it comes from.
+type tool struct {
+	name, debPkg, brewPkg, why string
+	build                      bool
+}
+
+// Run performs every check. It never fails: problems are Checks.
+func Run(ctx context.Context, opts Options) Report {
+	opts = opts.withDefaults()
+	r := Report{GOOS: opts.GOOS, sudo: opts.sudo()}
 
 	qemuBin, err := qemu.Binary(opts.GuestArch)
 	if err != nil {
@@ -119,6 +197,10 @@ func Run(ctx context.Context, opts Options) Report {
 		}
 		r.Checks = append(r.Checks, lookTool(opts, t))
 	}
+	if opts.NeedBuild && opts.GOOS == "linux" {
+		r.Checks = append(r.Checks, rootlessChecks(opts)...)
+		r.Checks = append(r.Checks, mke2fsChecks(ctx, opts, false)...)
+	}
 
 	if opts.NeedBuild && opts.GOOS == "linux" && opts.GuestArch != opts.HostArch {
 		// mmdebstrap checks with arch-test that the host runs the
@@ -141,6 +223,7 @@ func Run(ctx context.Context, opts Options) Report {
 		c.Detail = choice.Reason
 		if c.Warn {
 			c.Detail += fmt.Sprintf(" (guests run slower; timeouts x%g)", choice.TimeoutScale)
+			kvmHint(opts, &c)
 		}
 	}
 	r.Checks = append(r.Checks, c)
@@ -149,7 +232,7 @@ func Run(ctx context.Context, opts Options) Report {
 
 func lookTool(opts Options, t tool) Check {
 	c := Check{Name: t.name}
-	if p, err := opts.LookPath(t.name); err == nil {
+	if p, err := lookSbin(opts.LookPath, t.name); err == nil {
 		c.OK, c.Detail = true, p
 		return c
 	}
@@ -160,7 +243,7 @@ func lookTool(opts Options, t tool) Check {
 		c.Fix = "brew install " + t.brewPkg
 	default:
 		c.pkg = t.debPkg
-		c.Fix = aptInstall(t.debPkg)
+		c.Fix = opts.sudo() + aptInstall(t.debPkg)
 	}
 	return c
 }
@@ -296,7 +379,49 @@ func (r Report) FixCommand() string {
 	if r.GOOS == "darwin" {
 		return "brew install " + strings.Join(pkgs, " ")
 	}
-	return aptInstall(pkgs...)
+	return r.sudo + aptInstall(pkgs...)
+}
+
+// fixes are the fixes FixCommand does not cover, "name: fix", for the
+// failed checks and the warnings that have one (a /dev/kvm this user
+// cannot open).
+func (r Report) fixes() []string {
+	var f []string
+	for _, c := range r.Checks {
+		if c.Fix != "" && c.pkg == "" && (!c.OK || c.Warn) {
+			f = append(f, c.Name+": "+c.Fix)
+		}
+	}
+	return f
+}
+
+// Err is nil when nothing failed, else a *MissingError.
+func (r Report) Err() error {
+	if r.OK() {
+		return nil
+	}
+	return &MissingError{Report: r}
+}
+
+// MissingError is a Report with failed checks, as an error: what a build
+// step returns when the host cannot do it.
+type MissingError struct{ Report Report }
+
+func (e *MissingError) Error() string {
+	var s []string
+	for _, c := range e.Report.Missing() {
+		s = append(s, c.Name+": "+c.Detail)
+	}
+	return "the host lacks what emu needs: " + strings.Join(s, "; ")
+}
+
+// HintText is the commands that fix it, one a line (the CLI prints it).
+func (e *MissingError) HintText() string {
+	var s []string
+	if cmd := e.Report.FixCommand(); cmd != "" {
+		s = append(s, cmd)
+	}
+	return strings.Join(append(s, e.Report.fixes()...), "\n")
 }
 
 // Write renders the report as a table, then the fixes for what failed.
@@ -313,17 +438,15 @@ func (r Report) Write(w io.Writer) {
 		fmt.Fprintf(tw, "%s\t%s\t%s\n", status, c.Name, c.Detail)
 	}
 	tw.Flush()
-	missing := r.Missing()
-	if len(missing) == 0 {
+	cmd, fixes := r.FixCommand(), r.fixes()
+	if cmd == "" && len(fixes) == 0 {
 		return
 	}
 	fmt.Fprintln(w)
-	if cmd := r.FixCommand(); cmd != "" {
+	if cmd != "" {
 		fmt.Fprintf(w, "to install what is missing:\n  %s\n", cmd)
 	}
-	for _, c := range missing {
-		if c.Fix != "" && c.pkg == "" {
-			fmt.Fprintf(w, "%s: %s\n", c.Name, c.Fix)
-		}
+	for _, f := range fixes {
+		fmt.Fprintln(w, f)
 	}
 }

@@ -3,8 +3,11 @@ package doctor
 import (
 	"context"
 	"errors"
+	"fmt"
+	"io/fs"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -15,11 +18,63 @@ import (
 func fakeLookPath(have ...string) func(string) (string, error) {
 	return func(name string) (string, error) {
 		for _, h := range have {
-			if h == name {
+			switch {
+			case h == name && strings.HasPrefix(name, "/"):
+				return name, nil
+			case h == name:
 				return "/usr/bin/" + name, nil
 			}
 		}
 		return "", exec.ErrNotFound
+	}
+}
+
+// fakeHost fills what o leaves unset with a healthy fake Debian 12 host
+// run by root, its e2fsprogs from bookworm-backports.
+func fakeHost(o Options) Options {
+	if o.Account == nil {
+		o.Account = &Account{UID: 0, Name: "root", Groups: []int{0}}
+	}
+	if o.ReadFile == nil {
+		o.ReadFile = fakeFiles(map[string]string{"/etc/os-release": "ID=debian\nVERSION_CODENAME=bookworm\n"})
+	}
+	if o.Exists == nil {
+		o.Exists = fakeExists("/usr/lib/x86_64-linux-gnu/libarchive.so.13")
+	}
+	if o.OpenRW == nil {
+		o.OpenRW = func(string) error { return nil }
+	}
+	if o.Privilege == nil {
+		o.Privilege = func(string) (string, error) { return "setuid root", nil }
+	}
+	if o.Command == nil {
+		o.Command = fakeCommand(map[string]string{"mke2fs -V": "mke2fs 1.47.2 (1-Jan-2025)\n\tUsing EXT2FS Library version 1.47.2\n"})
+	}
+	return o
+}
+
+// fakeFiles reads files from a map; others do not exist.
+func fakeFiles(files map[string]string) func(string) ([]byte, error) {
+	return func(p string) ([]byte, error) {
+		if s, ok := files[p]; ok {
+			return []byte(s), nil
+		}
+		return nil, &fs.PathError{Op: "open", Path: p, Err: fs.ErrNotExist}
+	}
+}
+
+func fakeExists(have ...string) func(string) bool {
+	return func(p string) bool { return slices.Contains(have, p) }
+}
+
+// fakeCommand answers "base-name args" with its output; others fail.
+func fakeCommand(outputs map[string]string) func(context.Context, string, ...string) ([]byte, error) {
+	return func(_ context.Context, name string, args ...string) ([]byte, error) {
+		key := strings.Join(append([]string{filepath.Base(name)}, args...), " ")
+		if out, ok := outputs[key]; ok {
+			return []byte(out), nil
+		}
+		return nil, fmt.Errorf("%s: %w", key, exec.ErrNotFound)
 	}
 }
 
@@ -35,13 +90,13 @@ func kvmChoice(context.Context, string, string) (accel.Choice, error) {
 	return accel.Choice{Accel: qemu.KVM, Reason: "kvm: probe ran", TimeoutScale: 1}, nil
 }
 
-var all = []string{"qemu-system-x86_64", "qemu-system-aarch64", "qemu-img", "zstd", "tar", "mmdebstrap", "mkfs.ext4"}
+var all = []string{"qemu-system-x86_64", "qemu-system-aarch64", "qemu-img", "zstd", "tar", "mmdebstrap", "mkfs.ext4", "mke2fs"}
 
 func TestRunAllPresent(t *testing.T) {
-	r := Run(context.Background(), Options{
+	r := Run(context.Background(), fakeHost(Options{
 		Dir: "/img", NeedBuild: true, GuestArch: "amd64", GOOS: "linux",
 		LookPath: fakeLookPath(all...), FreeSpace: fakeFree(50 << 30), Choose: kvmChoice,
-	})
+	}))
 	if !r.OK() || len(r.Missing()) != 0 {
 		t.Fatalf("report not OK: %+v", r.Checks)
 	}
@@ -52,7 +107,7 @@ func TestRunAllPresent(t *testing.T) {
 	for _, c := range r.Checks {
 		names = append(names, c.Name)
 	}
-	want := "qemu-system-x86_64 qemu-img zstd tar mmdebstrap mkfs.ext4 disk space accelerator"
+	want := "qemu-system-x86_64 qemu-img zstd tar mmdebstrap mkfs.ext4 mke2fs version libarchive disk space accelerator"
 	if got := strings.Join(names, " "); got != want {
 		t.Errorf("checks %q, want %q", got, want)
 	}
@@ -64,10 +119,10 @@ func TestRunAllPresent(t *testing.T) {
 }
 
 func TestRunMissingLinux(t *testing.T) {
-	r := Run(context.Background(), Options{
+	r := Run(context.Background(), fakeHost(Options{
 		Dir: "/img", NeedBuild: true, GuestArch: "amd64", GOOS: "linux",
 		LookPath: fakeLookPath("tar", "zstd"), FreeSpace: fakeFree(5 << 30), Choose: tcgChoice,
-	})
+	}))
 	if r.OK() {
 		t.Fatal("OK with qemu missing")
 	}
@@ -93,10 +148,10 @@ func TestRunMissingLinux(t *testing.T) {
 }
 
 func TestRunNoBuild(t *testing.T) {
-	r := Run(context.Background(), Options{
+	r := Run(context.Background(), fakeHost(Options{
 		GuestArch: "arm64", GOOS: "linux",
 		LookPath: fakeLookPath("qemu-img", "zstd", "tar"), Choose: tcgChoice,
-	})
+	}))
 	for _, c := range r.Checks {
 		if c.Name == "mmdebstrap" || c.Name == "mkfs.ext4" || c.Name == "disk space" {
 			t.Errorf("unexpected check %q without NeedBuild and Dir", c.Name)
@@ -108,10 +163,10 @@ func TestRunNoBuild(t *testing.T) {
 }
 
 func TestRunDarwin(t *testing.T) {
-	r := Run(context.Background(), Options{
+	r := Run(context.Background(), fakeHost(Options{
 		NeedBuild: true, GuestArch: "arm64", GOOS: "darwin",
 		LookPath: fakeLookPath("tar"), Choose: tcgChoice,
-	})
+	}))
 	if got, want := r.FixCommand(), "brew install qemu"; got != want {
 		t.Errorf("FixCommand = %q, want %q", got, want)
 	}
@@ -130,13 +185,13 @@ func TestRunDarwin(t *testing.T) {
 }
 
 func TestDiskAndAccelFailures(t *testing.T) {
-	r := Run(context.Background(), Options{
+	r := Run(context.Background(), fakeHost(Options{
 		Dir: "/img", GuestArch: "amd64", GOOS: "linux",
 		LookPath: fakeLookPath(all...), FreeSpace: fakeFree(1 << 30),
 		Choose: func(context.Context, string, string) (accel.Choice, error) {
 			return accel.Choice{}, errors.New(`accel "xen": unknown`)
 		},
-	})
+	}))
 	var names []string
 	for _, c := range r.Missing() {
 		names = append(names, c.Name)
@@ -155,7 +210,7 @@ func TestDiskAndAccelFailures(t *testing.T) {
 }
 
 func TestBadGuestArch(t *testing.T) {
-	r := Run(context.Background(), Options{GuestArch: "mips", LookPath: fakeLookPath(), Choose: kvmChoice})
+	r := Run(context.Background(), fakeHost(Options{GuestArch: "mips", LookPath: fakeLookPath(), Choose: kvmChoice}))
 	if r.OK() {
 		t.Error("OK for guest arch mips")
 	}
@@ -190,7 +245,7 @@ func TestBinfmtForForeignTree(t *testing.T) {
 		{"no F flag", map[string]string{entry: "enabled\nflags: P\n", conf: ""}, false, "lacks the F flag", "echo -1 > " + entry, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			r := Run(context.Background(), Options{
+			r := Run(context.Background(), fakeHost(Options{
 				NeedBuild: true, GuestArch: "arm64", HostArch: "amd64", GOOS: "linux",
 				LookPath: fakeLookPath(append(all, "arch-test")...), Choose: tcgChoice,
 				ReadFile: func(p string) ([]byte, error) {
@@ -199,7 +254,7 @@ func TestBinfmtForForeignTree(t *testing.T) {
 					}
 					return nil, errors.New("no such file")
 				},
-			})
+			}))
 			var c *Check
 			for i := range r.Checks {
 				if r.Checks[i].Name == "binfmt qemu-aarch64" {
@@ -218,8 +273,8 @@ func TestBinfmtForForeignTree(t *testing.T) {
 		})
 	}
 	// Without arch-test, mmdebstrap refuses a foreign tree: doctor says so.
-	r := Run(context.Background(), Options{NeedBuild: true, GuestArch: "arm64", HostArch: "amd64", GOOS: "linux",
-		LookPath: fakeLookPath(all...), Choose: tcgChoice, ReadFile: func(string) ([]byte, error) { return nil, errors.New("none") }})
+	r := Run(context.Background(), fakeHost(Options{NeedBuild: true, GuestArch: "arm64", HostArch: "amd64", GOOS: "linux",
+		LookPath: fakeLookPath(all...), Choose: tcgChoice, ReadFile: func(string) ([]byte, error) { return nil, errors.New("none") }}))
 	if !strings.Contains(r.FixCommand(), "arch-test") {
 		t.Errorf("no arch-test in the fix: %q", r.FixCommand())
 	}
@@ -227,7 +282,7 @@ func TestBinfmtForForeignTree(t *testing.T) {
 	// Mac, which builds nothing.
 	for _, o := range []Options{{GuestArch: "amd64", HostArch: "amd64", GOOS: "linux"}, {GuestArch: "arm64", HostArch: "amd64", GOOS: "darwin"}} {
 		o.NeedBuild, o.LookPath, o.Choose = true, fakeLookPath(all...), tcgChoice
-		for _, c := range Run(context.Background(), o).Checks {
+		for _, c := range Run(context.Background(), fakeHost(o)).Checks {
 			if strings.HasPrefix(c.Name, "binfmt") {
 				t.Errorf("%s guest on %s/%s: a binfmt check", o.GuestArch, o.GOOS, o.HostArch)
 			}

@@ -1,0 +1,169 @@
+package doctor
+
+import (
+	"context"
+	"fmt"
+	"regexp"
+	"strconv"
+	"strings"
+)
+
+// Mke2fsMin is the oldest mke2fs whose -d reads a tarball.
+const Mke2fsMin = "1.47.1"
+
+// libarchiveSO is the library mke2fs loads (dlopen) to read a tarball.
+const libarchiveSO = "libarchive.so.13"
+
+// Mke2fs checks that mke2fs can make the disk straight from the root
+// tarball (mke2fs -d TARBALL), for root and users alike: mke2fs
+// Mke2fsMin or newer, and libarchive. The disk step calls it first:
+//
+//	if err := doctor.Mke2fs(ctx, doctor.Options{}).Err(); err != nil { ... }
+func Mke2fs(ctx context.Context, opts Options) Report {
+	opts = opts.withDefaults()
+	return Report{GOOS: opts.GOOS, sudo: opts.sudo(), Checks: mke2fsChecks(ctx, opts, true)}
+}
+
+// mke2fsChecks checks mke2fs's version and libarchive. A missing mke2fs
+// is reported only when missing is set: Run's mkfs.ext4 check (the same
+// package) says it already.
+func mke2fsChecks(ctx context.Context, opts Options, missing bool) []Check {
+	var cs []Check
+	if p, err := lookSbin(opts.LookPath, "mke2fs"); err == nil {
+		cs = append(cs, mke2fsVersionCheck(ctx, opts, p))
+	} else if missing {
+		cs = append(cs, lookTool(opts, tool{name: "mke2fs", debPkg: "e2fsprogs", why: "makes the root filesystem"}))
+	}
+	return append(cs, libarchiveCheck(ctx, opts))
+}
+
+func mke2fsVersionCheck(ctx context.Context, opts Options, path string) Check {
+	c := Check{Name: "mke2fs version"}
+	out, err := opts.Command(ctx, path, "-V")
+	v, text, perr := parseMke2fsVersion(string(out))
+	switch {
+	case perr != nil && err != nil:
+		c.Detail = fmt.Sprintf("%s -V: %v", path, err)
+		return c
+	case perr != nil:
+		c.Detail = perr.Error()
+		return c
+	}
+	if !versionBefore(v, mustVersion(Mke2fsMin)) {
+		c.OK, c.Detail = true, text+" (makes the disk from the root tarball)"
+		return c
+	}
+	c.Detail = text + " is older than " + Mke2fsMin + ": its -d does not read the root tarball"
+	if codename(opts) == "bookworm" {
+		c.Fix = opts.sudo() + "apt-get install -t bookworm-backports e2fsprogs libarchive13 " +
+			"(bookworm-backports must be among apt's sources: echo 'deb http://deb.debian.org/debian bookworm-backports main' | " +
+			opts.sudo() + "tee /etc/apt/sources.list.d/backports.list; " + opts.sudo() + "apt-get update)"
+	} else {
+		c.Fix = "install e2fsprogs " + Mke2fsMin + " or newer (Debian 13 has 1.47.2) and libarchive (" + libarchiveSO + ")"
+	}
+	return c
+}
+
+var mke2fsVersionRE = regexp.MustCompile(`(?m)^mke2fs (\d+)\.(\d+)(?:\.(\d+))?`)
+
+// parseMke2fsVersion reads "mke2fs 1.47.0 (5-Feb-2023)", mke2fs -V's
+// first line, into [1 47 0] and "1.47.0".
+func parseMke2fsVersion(out string) ([3]int, string, error) {
+	m := mke2fsVersionRE.FindStringSubmatch(out)
+	if m == nil {
+		first, _, _ := strings.Cut(strings.TrimSpace(out), "\n")
+		return [3]int{}, "", fmt.Errorf("mke2fs -V: no version in %q", first)
+	}
+	var v [3]int
+	for i, s := range m[1:] {
+		v[i], _ = strconv.Atoi(s) // digits, or "" for a missing patch level
+	}
+	return v, strings.TrimPrefix(m[0], "mke2fs "), nil
+}
+
+func mustVersion(s string) [3]int {
+	v, _, err := parseMke2fsVersion("mke2fs " + s)
+	if err != nil {
+		panic(err)
+	}
+	return v
+}
+
+func versionBefore(a, b [3]int) bool {
+	for i := range a {
+		if a[i] != b[i] {
+			return a[i] < b[i]
+		}
+	}
+	return false
+}
+
+// libDirs are where the dynamic linker finds libraries on Debian and
+// most others, by host architecture.
+func libDirs(arch string) []string {
+	var dirs []string
+	if t := map[string]string{"amd64": "x86_64-linux-gnu", "arm64": "aarch64-linux-gnu"}[arch]; t != "" {
+		dirs = append(dirs, "/usr/lib/"+t, "/lib/"+t)
+	}
+	return append(dirs, "/usr/lib64", "/lib64", "/usr/lib", "/lib", "/usr/local/lib")
+}
+
+func libarchiveCheck(ctx context.Context, opts Options) Check {
+	c := Check{Name: "libarchive"}
+	for _, d := range libDirs(opts.HostArch) {
+		if p := d + "/" + libarchiveSO; opts.Exists(p) {
+			c.OK, c.Detail = true, p
+			return c
+		}
+	}
+	if p := ldconfigFind(ctx, opts, libarchiveSO); p != "" {
+		c.OK, c.Detail = true, p
+		return c
+	}
+	c.Detail = libarchiveSO + " not found (mke2fs -d loads it to read the root tarball)"
+	// Debian 13 renamed it for the 64-bit time_t transition.
+	c.pkg = "libarchive13t64"
+	switch codename(opts) {
+	case "bookworm", "bullseye", "jammy", "focal":
+		c.pkg = "libarchive13"
+	}
+	c.Fix = opts.sudo() + aptInstall(c.pkg)
+	return c
+}
+
+// ldconfigFind is lib's path in the dynamic linker's cache, or "".
+func ldconfigFind(ctx context.Context, opts Options, lib string) string {
+	p, err := lookSbin(opts.LookPath, "ldconfig")
+	if err != nil {
+		return ""
+	}
+	out, err := opts.Command(ctx, p, "-p")
+	if err != nil {
+		return ""
+	}
+	for _, l := range strings.Split(string(out), "\n") {
+		name, rest, ok := strings.Cut(strings.TrimSpace(l), " ")
+		if _, path, found := strings.Cut(rest, "=> "); ok && found && name == lib {
+			return strings.TrimSpace(path)
+		}
+	}
+	return ""
+}
+
+// codename is VERSION_CODENAME from os-release, e.g. "bookworm"; "" when
+// unknown.
+func codename(opts Options) string {
+	for _, f := range []string{"/etc/os-release", "/usr/lib/os-release"} {
+		b, err := opts.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		for _, l := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(strings.TrimSpace(l), "VERSION_CODENAME="); ok {
+				return strings.Trim(v, `"'`)
+			}
+		}
+		return ""
+	}
+	return ""
+}
