@@ -22,7 +22,11 @@ type Exec struct {
 // Run runs name with args and returns its combined output. On failure the
 // error names the command and carries the output's last lines.
 func (x Exec) Run(ctx context.Context, name string, args ...string) ([]byte, error) {
-	cmd := exec.CommandContext(ctx, name, args...)
+	bin := name
+	if p, err := LookPath(name); err == nil {
+		bin = p
+	}
+	cmd := exec.CommandContext(ctx, bin, args...)
 	cmd.SysProcAttr = SysProcAttr(false, false)
 	// Cancel the whole group: mmdebstrap and tar start children.
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
@@ -41,6 +45,27 @@ func (x Exec) Run(ctx context.Context, name string, args ...string) ([]byte, err
 		return buf.Bytes(), fmt.Errorf("%s %s: %w%s", name, strings.Join(args, " "), err, Tail(buf.Bytes(), 15))
 	}
 	return buf.Bytes(), nil
+}
+
+// LookPath finds name in PATH, then in /usr/sbin and /sbin: a regular
+// user's PATH on Debian lacks them, and mkfs.ext4, tune2fs and e2fsck
+// live there.
+func LookPath(name string) (string, error) {
+	return LookSbin(exec.LookPath, name)
+}
+
+// LookSbin is LookPath with look in place of exec.LookPath.
+func LookSbin(look func(string) (string, error), name string) (string, error) {
+	p, err := look(name)
+	if err == nil || strings.Contains(name, "/") {
+		return p, err
+	}
+	for _, dir := range []string{"/usr/sbin", "/sbin"} {
+		if p, serr := look(dir + "/" + name); serr == nil {
+			return p, nil
+		}
+	}
+	return "", err
 }
 
 // Tail returns the last n lines of out, each indented on its own line, or

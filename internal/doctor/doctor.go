@@ -138,20 +138,7 @@ func openRW(path string) error {
 // LookPath finds a program in PATH, then in /usr/sbin and /sbin: a
 // user's PATH on Debian lacks them, and mke2fs and ldconfig live there.
 func LookPath(name string) (string, error) {
-	return lookSbin(exec.LookPath, name)
-}
-
-func lookSbin(look func(string) (string, error), name string) (string, error) {
-	p, err := look(name)
-	if err == nil || strings.Contains(name, "/") {
-		return p, err
-	}
-	for _, dir := range []string{"/usr/sbin", "/sbin"} {
-		if p, serr := look(dir + "/" + name); serr == nil {
-			return p, nil
-		}
-	}
-	return "", err
+	return command.LookPath(name)
 }
 
 // Disk space thresholds for Dir.
@@ -232,7 +219,7 @@ func Run(ctx context.Context, opts Options) Report {
 
 func lookTool(opts Options, t tool) Check {
 	c := Check{Name: t.name}
-	if p, err := lookSbin(opts.LookPath, t.name); err == nil {
+	if p, err := command.LookSbin(opts.LookPath, t.name); err == nil {
 		c.OK, c.Detail = true, p
 		return c
 	}

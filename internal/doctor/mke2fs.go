@@ -6,6 +6,8 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+
+	"github.com/emu-dev/emu/internal/command"
 )
 
 // Mke2fsMin is the oldest mke2fs whose -d reads a tarball.
@@ -29,7 +31,7 @@ func Mke2fs(ctx context.Context, opts Options) Report {
 // package) says it already.
 func mke2fsChecks(ctx context.Context, opts Options, missing bool) []Check {
 	var cs []Check
-	if p, err := lookSbin(opts.LookPath, "mke2fs"); err == nil {
+	if p, err := command.LookSbin(opts.LookPath, "mke2fs"); err == nil {
 		cs = append(cs, mke2fsVersionCheck(ctx, opts, p))
 	} else if missing {
 		cs = append(cs, lookTool(opts, tool{name: "mke2fs", debPkg: "e2fsprogs", why: "makes the root filesystem"}))
@@ -133,7 +135,7 @@ func libarchiveCheck(ctx context.Context, opts Options) Check {
 
 // ldconfigFind is lib's path in the dynamic linker's cache, or "".
 func ldconfigFind(ctx context.Context, opts Options, lib string) string {
-	p, err := lookSbin(opts.LookPath, "ldconfig")
+	p, err := command.LookSbin(opts.LookPath, "ldconfig")
 	if err != nil {
 		return ""
 	}

@@ -6,6 +6,8 @@ import (
 	"io/fs"
 	"strings"
 	"testing"
+
+	"github.com/emu-dev/emu/internal/command"
 )
 
 func TestParseMke2fsVersion(t *testing.T) {
@@ -160,11 +162,11 @@ func TestLookSbin(t *testing.T) {
 		{[]string{"/sbin/mke2fs"}, "/sbin/mke2fs"},
 		{[]string{"/usr/sbin/mke2fs", "/sbin/mke2fs"}, "/usr/sbin/mke2fs"},
 	} {
-		if got, err := lookSbin(look(tc.have...), "mke2fs"); got != tc.want || err != nil {
+		if got, err := command.LookSbin(look(tc.have...), "mke2fs"); got != tc.want || err != nil {
 			t.Errorf("lookSbin with %v = %q, %v; want %q", tc.have, got, err, tc.want)
 		}
 	}
-	if _, err := lookSbin(look(), "mke2fs"); !errors.Is(err, fs.ErrNotExist) {
+	if _, err := command.LookSbin(look(), "mke2fs"); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("lookSbin with nothing: error %v", err)
 	}
 	// A user's doctor finds mkfs.ext4 in /sbin too.

@@ -9,6 +9,8 @@ import (
 	"os/user"
 	"strconv"
 	"strings"
+
+	"github.com/emu-dev/emu/internal/command"
 )
 
 // Account is who runs emu.
@@ -139,7 +141,7 @@ func sysctlFix(set []string) string {
 // which they must be setuid root or have file capabilities.
 func idmapCheck(opts Options, name string) Check {
 	c := Check{Name: name}
-	p, err := lookSbin(opts.LookPath, name)
+	p, err := command.LookSbin(opts.LookPath, name)
 	if err != nil {
 		c.Detail = "not found in PATH (maps the ids of a build's user namespace)"
 		c.pkg, c.Fix = "uidmap", opts.sudo()+aptInstall("uidmap")

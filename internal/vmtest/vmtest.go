@@ -18,6 +18,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/emu-dev/emu/internal/command"
 )
 
 // Skip skips t when VM tests cannot or should not run: -short, or no QEMU.
@@ -37,7 +39,7 @@ func SkipArch(t testing.TB, arch string) {
 	}
 	qemu := map[string]string{"amd64": "qemu-system-x86_64", "arm64": "qemu-system-aarch64"}[arch]
 	for _, tool := range []string{qemu, "qemu-img", "mkfs.ext4", "zstd"} {
-		if _, err := exec.LookPath(tool); err != nil {
+		if _, err := command.LookPath(tool); err != nil {
 			missing(t, fmt.Sprintf("VM test needs %s: %v", tool, err))
 		}
 	}
