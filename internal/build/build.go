@@ -250,7 +250,7 @@ func (b *builder) prepare() (func(error), error) {
 		os.RemoveAll(work)
 		return nil, &Error{Stage: "prepare", Err: fmt.Errorf("create log directory: %w", err)}
 	}
-	f, err := os.Create(filepath.Join(b.logs, store.ProvisionLog))
+	f, err := os.OpenFile(filepath.Join(b.logs, store.ProvisionLog), os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
 		os.RemoveAll(work)
 		return nil, &Error{Stage: "prepare", Err: fmt.Errorf("create build log: %w", err)}

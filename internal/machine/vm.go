@@ -205,6 +205,13 @@ func listenFile(addr string) (*os.File, error) {
 	if err != nil {
 		return nil, fmt.Errorf("listen on %s: %w", addr, err)
 	}
+	if !strings.HasPrefix(addr, "@") {
+		// Whoever may write to the socket may connect: its owner only.
+		if err := os.Chmod(addr, 0o600); err != nil {
+			ln.Close()
+			return nil, fmt.Errorf("make %s private: %w", addr, err)
+		}
+	}
 	ul := ln.(*net.UnixListener)
 	ul.SetUnlinkOnClose(false)
 	f, err := ul.File()
