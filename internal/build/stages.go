@@ -1,6 +1,7 @@
 package build
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"io"
@@ -96,13 +97,19 @@ func (b *builder) compose(ctx context.Context, tree string) (int64, error) {
 			return writeFrom(filepath.Join(boot, path.Base(name)), r)
 		},
 	}
-	out := filepath.Join(b.work, store.WorkRootTar)
-	var c disk.Composed
-	err = disk.WriteAtomic(out, 0o600, func(w io.Writer) error {
-		var err error
-		c, err = disk.Compose(contextReader{ctx, zr}, layer, w)
-		return err
-	})
+	// A work file, read once by mke2fs and removed: no fsync, no rename.
+	out, err := os.OpenFile(filepath.Join(b.work, store.WorkRootTar), os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return 0, err
+	}
+	bw := bufio.NewWriterSize(out, 1<<20)
+	c, err := disk.Compose(contextReader{ctx, zr}, layer, bw)
+	if err == nil {
+		err = bw.Flush()
+	}
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
 	if err != nil {
 		return 0, fmt.Errorf("compose the root tree of %s: %w", b.tarball, err)
 	}

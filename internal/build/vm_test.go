@@ -21,6 +21,7 @@ import (
 	"github.com/emu-dev/emu/internal/binopt"
 	"github.com/emu-dev/emu/internal/build"
 	"github.com/emu-dev/emu/internal/bundle"
+	"github.com/emu-dev/emu/internal/command"
 	"github.com/emu-dev/emu/internal/disk"
 	"github.com/emu-dev/emu/internal/event"
 	"github.com/emu-dev/emu/internal/machine"
@@ -436,7 +437,7 @@ func TestVMKeepOnFailure(t *testing.T) {
 func needTools(t *testing.T, tools ...string) {
 	t.Helper()
 	for _, tool := range tools {
-		if _, err := exec.LookPath(tool); err != nil {
+		if _, err := command.LookPath(tool); err != nil {
 			if os.Getenv("CI") != "" {
 				t.Fatalf("VM test needs %s: %v", tool, err)
 			}
@@ -607,7 +608,11 @@ bake:
 // debugfs runs one read-only debugfs request on the raw ext4 image.
 func debugfs(t *testing.T, raw, request string) string {
 	t.Helper()
-	out, err := exec.Command("debugfs", "-R", request, raw).CombinedOutput()
+	bin, err := command.LookPath("debugfs")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(bin, "-R", request, raw).CombinedOutput()
 	if err != nil {
 		t.Fatalf("debugfs -R %q: %v: %s", request, err, out)
 	}

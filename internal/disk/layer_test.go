@@ -181,7 +181,7 @@ func TestResolveParent(t *testing.T) {
 // libarchive); in CI, where install-deps provides it, it fails instead.
 func tarMke2fs(t *testing.T) {
 	t.Helper()
-	out, _ := exec.Command("mke2fs", "-V").CombinedOutput()
+	out, _ := exec.Command(tool(t, "mke2fs"), "-V").CombinedOutput()
 	m := regexp.MustCompile(`mke2fs (\d+)\.(\d+)\.(\d+)`).FindStringSubmatch(string(out))
 	var v [3]int
 	if m != nil {
@@ -218,11 +218,11 @@ func TestMakeExt4FromTar(t *testing.T) {
 	if err := MakeExt4(ctx, command.Exec{}, root, raw, 16<<20); err != nil {
 		t.Fatal(err)
 	}
-	if out, err := exec.CommandContext(ctx, "e2fsck", "-fn", raw).CombinedOutput(); err != nil {
+	if out, err := exec.CommandContext(ctx, tool(t, "e2fsck"), "-fn", raw).CombinedOutput(); err != nil {
 		t.Fatalf("e2fsck -fn: %v\n%s", err, out)
 	}
 	stat := func(p string) string {
-		out, err := exec.CommandContext(ctx, "debugfs", "-R", "stat "+p, raw).Output()
+		out, err := exec.CommandContext(ctx, tool(t, "debugfs"), "-R", "stat "+p, raw).Output()
 		if err != nil {
 			t.Fatalf("debugfs stat %s: %v", p, err)
 		}
@@ -244,8 +244,18 @@ func TestMakeExt4FromTar(t *testing.T) {
 			}
 		}
 	}
-	out, err := exec.CommandContext(ctx, "debugfs", "-R", "cat /etc/hostname", raw).Output()
+	out, err := exec.CommandContext(ctx, tool(t, "debugfs"), "-R", "cat /etc/hostname", raw).Output()
 	if err != nil || string(out) != "emu\n" {
 		t.Errorf("/etc/hostname = %q, %v; want the layer's", out, err)
 	}
+}
+
+// tool finds a program in PATH or the sbin directories.
+func tool(t *testing.T, name string) string {
+	t.Helper()
+	p, err := command.LookPath(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
 }

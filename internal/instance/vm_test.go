@@ -3,6 +3,7 @@ package instance_test
 import (
 	"context"
 	"errors"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -65,6 +66,9 @@ func buildTiny(t testing.TB, home store.Home, dir, stack, agent, base string, si
 
 func TestVMInstanceLifecycle(t *testing.T) {
 	home := store.At(t.TempDir())
+	if err := home.Claim(); err != nil {
+		t.Fatal(err)
+	}
 	dir := tinyBundle(t, home)
 	man, err := bundle.Read(dir)
 	if err != nil {
@@ -99,6 +103,8 @@ func TestVMInstanceLifecycle(t *testing.T) {
 	}
 
 	info := up()
+	// After a build and an up: everything emu keeps is this user's alone.
+	assertPrivate(t, home)
 	pid, err := instance.RunningPID(inst)
 	if err != nil || pid != info.PID {
 		t.Fatalf("RunningPID = %d, %v; want %d", pid, err, info.PID)
@@ -248,5 +254,38 @@ func TestVMUpKernelCrash(t *testing.T) {
 	}
 	if _, err := instance.RunningPID(inst); !errors.Is(err, instance.ErrNotRunning) {
 		t.Errorf("RunningPID after a crashed up = %v", err)
+	}
+}
+
+// assertPrivate fails for anything under home that another user could
+// read, write or enter: directories must be 0700 or tighter, files and
+// sockets 0600 or tighter (0700 for programs).
+func assertPrivate(t *testing.T, home store.Home) {
+	t.Helper()
+	n := 0
+	for _, root := range []string{home.Data, home.Cache, home.State} {
+		err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+			if err != nil {
+				return err
+			}
+			fi, err := d.Info()
+			if err != nil {
+				return err
+			}
+			if fi.Mode()&fs.ModeSymlink != 0 {
+				return nil
+			}
+			n++
+			if fi.Mode().Perm()&0o077 != 0 {
+				t.Errorf("%s is %v: others can reach it", p, fi.Mode())
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n < 10 {
+		t.Errorf("only %d entries under the home: nothing was checked", n)
 	}
 }

@@ -188,14 +188,14 @@ func TestRootlessSameTree(t *testing.T) {
 	// (what the build does, with emu's files laid over it), e2fsck finds
 	// nothing to mend, and an owner other than root is on the disk.
 	raw := filepath.Join(userDir, "disk.raw")
-	cmd = exec.CommandContext(ctx, "runuser", "-u", name, "--", "/usr/sbin/mkfs.ext4", "-q", "-F", "-O", "^has_journal", "-d", asUser, raw, "2G")
+	cmd = exec.CommandContext(ctx, "runuser", "-u", name, "--", tool(t, "mkfs.ext4"), "-q", "-F", "-O", "^has_journal", "-d", asUser, raw, "2G")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("mkfs.ext4 as %s: %v\n%s", name, err, out)
 	}
-	if out, err := exec.CommandContext(ctx, "e2fsck", "-fn", raw).CombinedOutput(); err != nil {
+	if out, err := exec.CommandContext(ctx, tool(t, "e2fsck"), "-fn", raw).CombinedOutput(); err != nil {
 		t.Fatalf("e2fsck -fn of the disk made as %s: %v\n%s", name, err, out)
 	}
-	out, err := exec.CommandContext(ctx, "debugfs", "-R", "stat "+sample, raw).Output()
+	out, err := exec.CommandContext(ctx, tool(t, "debugfs"), "-R", "stat "+sample, raw).Output()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -204,4 +204,14 @@ func TestRootlessSameTree(t *testing.T) {
 		t.Errorf("%s on the disk made as %s: want %q in\n%s", sample, name, want, out)
 	}
 	t.Logf("%d entries, %d owned by other users than root, the same as root and as %s", len(r), owned, name)
+}
+
+// tool finds a program in PATH or the sbin directories.
+func tool(t *testing.T, name string) string {
+	t.Helper()
+	p, err := command.LookPath(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
 }

@@ -69,8 +69,9 @@ func (h Home) Claim() error {
 			return fmt.Errorf("use %s: it belongs to uid %d, not to this user (uid %d): root and each user keep their own images and caches; unset EMU_HOME (or sudo's preserved environment) or point it at a directory of this user's", dir, st.Uid, uid)
 		}
 		if fi.Mode().Perm()&0o077 != 0 {
-			if err := os.Chmod(dir, 0o700); err != nil {
-				return fmt.Errorf("make %s private: %w", dir, err)
+			// An older emu's home: everything in it was 0755 and 0644.
+			if err := privatize(dir); err != nil {
+				return err
 			}
 		}
 	}
@@ -91,6 +92,31 @@ func xdg(v, def, name string) string {
 		return filepath.Join(v, name)
 	}
 	return filepath.Join(def, name)
+}
+
+// privatize takes group and other access from dir and everything under
+// it (symlinks aside).
+func privatize(dir string) error {
+	err := filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.Type()&os.ModeSymlink != 0 {
+			return nil
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return err
+		}
+		if perm := fi.Mode().Perm(); perm&0o077 != 0 {
+			return os.Chmod(p, fi.Mode()&os.ModeType|perm&^0o077)
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("make %s private: %w", dir, err)
+	}
+	return nil
 }
 
 // Images is the image store: one bundle directory per stack name.

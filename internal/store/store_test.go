@@ -19,13 +19,20 @@ func TestClaim(t *testing.T) {
 			t.Errorf("%s: %v, %v; want 0700", d, fi.Mode(), err)
 		}
 	}
-	// A root emu made readable by others before is made private.
+	// A home an older emu made (0755 directories, 0644 and 0755 files)
+	// is made private, all of it.
 	os.Chmod(h.Cache, 0o755)
+	sub := filepath.Join(h.Cache, "rootfs")
+	os.Mkdir(sub, 0o755)
+	os.WriteFile(filepath.Join(sub, "x.tar.zst"), nil, 0o644)
+	os.WriteFile(filepath.Join(sub, "prog"), nil, 0o755)
 	if err := h.Claim(); err != nil {
 		t.Fatal(err)
 	}
-	if fi, _ := os.Stat(h.Cache); fi.Mode().Perm() != 0o700 {
-		t.Errorf("cache left %v", fi.Mode().Perm())
+	for p, want := range map[string]os.FileMode{h.Cache: 0o700, sub: 0o700, filepath.Join(sub, "x.tar.zst"): 0o600, filepath.Join(sub, "prog"): 0o700} {
+		if fi, _ := os.Stat(p); fi.Mode().Perm() != want {
+			t.Errorf("%s left %v, want %v", p, fi.Mode().Perm(), want)
+		}
 	}
 }
 
