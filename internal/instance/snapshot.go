@@ -187,7 +187,9 @@ func Suspend(ctx context.Context, inst store.Instance, log *slog.Logger, sink ev
 	defer cancel()
 	saved, err := machine.SaveState(sctx, c, inst.SavedState())
 	if err != nil {
-		if _, perr := RunningPID(inst); perr == nil {
+		// A QEMU killed during the save may take a moment to be gone
+		// (its memory unmapped): wait a little before calling it alive.
+		if !waitExit(ctx, pid, 2*time.Second) {
 			// Still there: run the guest on; the caller powers it off.
 			if cerr := c.Cont(context.WithoutCancel(ctx)); cerr != nil {
 				err = errors.Join(err, fmt.Errorf("run the guest again: %w", cerr))
