@@ -77,7 +77,7 @@ func TestFind(t *testing.T) {
 		t.Errorf("the written-out agent: %v", err)
 	}
 	fi, _ := os.Stat(p)
-	if fi.Mode().Perm() != 0o755 {
+	if fi.Mode().Perm() != 0o700 {
 		t.Errorf("written-out agent mode %v", fi.Mode())
 	}
 	if p2, err := find("arm64", Options{Cache: cache}, built); err != nil || p2 != p {
