@@ -103,7 +103,7 @@ func (b *builder) compose(ctx context.Context, tree string) (int64, error) {
 		return 0, err
 	}
 	bw := bufio.NewWriterSize(out, 1<<20)
-	c, err := disk.Compose(contextReader{ctx, zr}, layer, bw)
+	c, err := disk.Compose(ctx, zr, layer, bw)
 	if err == nil {
 		err = bw.Flush()
 	}
@@ -128,19 +128,6 @@ func (b *builder) compose(ctx context.Context, tree string) (int64, error) {
 		}
 	}
 	return c.Size, nil
-}
-
-// contextReader stops a long copy when ctx ends.
-type contextReader struct {
-	ctx context.Context
-	r   io.Reader
-}
-
-func (c contextReader) Read(p []byte) (int, error) {
-	if err := c.ctx.Err(); err != nil {
-		return 0, err
-	}
-	return c.r.Read(p)
 }
 
 func writeFrom(dst string, r io.Reader) error {

@@ -2,6 +2,7 @@ package disk
 
 import (
 	"archive/tar"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -46,8 +47,8 @@ const maxLinkHops = 40
 // Compose writes to out the tar stream base with the layer's files after
 // it. A layer path whose parent is a symlink in the base (/lib on a
 // merged-/usr tree) is written at the symlink's target, as writing into the
-// unpacked tree would have put it.
-func Compose(base io.Reader, l Layer, out io.Writer) (Composed, error) {
+// unpacked tree would have put it. It stops between entries once ctx ends.
+func Compose(ctx context.Context, base io.Reader, l Layer, out io.Writer) (Composed, error) {
 	var c Composed
 	tw := tar.NewWriter(out)
 	tr := tar.NewReader(base)
@@ -55,6 +56,9 @@ func Compose(base io.Reader, l Layer, out io.Writer) (Composed, error) {
 	dirs := map[string]bool{"/": true}
 	sizes := map[string]int64{}
 	for {
+		if err := ctx.Err(); err != nil {
+			return c, err
+		}
 		h, err := tr.Next()
 		if err == io.EOF {
 			break
@@ -92,6 +96,9 @@ func Compose(base io.Reader, l Layer, out io.Writer) (Composed, error) {
 	if l.Dir != "" {
 		err := filepath.WalkDir(l.Dir, func(p string, d fs.DirEntry, err error) error {
 			if err != nil {
+				return err
+			}
+			if err := ctx.Err(); err != nil {
 				return err
 			}
 			rel, err := filepath.Rel(l.Dir, p)

@@ -110,7 +110,7 @@ func readTar(t *testing.T, b []byte) map[string]*tar.Header {
 func TestCompose(t *testing.T) {
 	saved := map[string]string{}
 	var out bytes.Buffer
-	c, err := Compose(bytes.NewReader(baseTar(t)), Layer{
+	c, err := Compose(context.Background(), bytes.NewReader(baseTar(t)), Layer{
 		Dir:  layerDir(t),
 		Take: func(name string) bool { return strings.HasPrefix(name, "/boot/") },
 		Save: func(name string, r io.Reader) error {
@@ -208,7 +208,7 @@ func TestMakeExt4FromTar(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Compose(bytes.NewReader(baseTar(t)), Layer{Dir: layerDir(t)}, f); err != nil {
+	if _, err := Compose(context.Background(), bytes.NewReader(baseTar(t)), Layer{Dir: layerDir(t)}, f); err != nil {
 		t.Fatal(err)
 	}
 	f.Close()
