@@ -13,7 +13,6 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
-	"strings"
 	"sync"
 	"time"
 
@@ -96,11 +95,8 @@ func Start(ctx context.Context, cfg Config) (*VM, error) {
 		agentAddr = filepath.Join(dir, "agent.sock")
 	}
 	// QEMU creates the console log with the usual 0644: make it first.
-	for _, p := range []string{cfg.Serial} {
-		if p == "" {
-			continue
-		}
-		f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if cfg.Serial != "" {
+		f, err := os.OpenFile(cfg.Serial, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 		if err != nil {
 			return nil, fmt.Errorf("create console log: %w", err)
 		}
@@ -176,7 +172,7 @@ func Args(cfg Config, host qemu.Host) ([]string, error) {
 	return argv, nil
 }
 
-// Connect opens the agent channel at addr (a path, or @name) of a guest
+// Connect opens the agent channel at the socket path addr of a guest
 // already running. Proc is nil then: the caller did not start QEMU.
 func Connect(ctx context.Context, addr string) (*VM, error) {
 	var d net.Dialer
@@ -192,25 +188,22 @@ func Connect(ctx context.Context, addr string) (*VM, error) {
 	return vm, nil
 }
 
-// listenFile makes a listening unix socket at addr and returns it as a file
-// for QEMU. A path socket outlives this process's copy (QEMU holds it).
+// listenFile makes a listening unix socket at the path addr, readable and
+// writable by its owner only, and returns it as a file for QEMU. The
+// socket outlives this process's copy (QEMU holds it).
 func listenFile(addr string) (*os.File, error) {
-	if !strings.HasPrefix(addr, "@") {
-		if len(addr) > 100 {
-			return nil, fmt.Errorf("socket path %s is too long for a unix socket (%d bytes; set EMU_HOME to a shorter directory)", addr, len(addr))
-		}
-		_ = os.Remove(addr)
+	if len(addr) > 100 {
+		return nil, fmt.Errorf("socket path %s is too long for a unix socket (%d bytes; set EMU_HOME to a shorter directory)", addr, len(addr))
 	}
+	_ = os.Remove(addr)
 	ln, err := net.Listen("unix", addr)
 	if err != nil {
 		return nil, fmt.Errorf("listen on %s: %w", addr, err)
 	}
-	if !strings.HasPrefix(addr, "@") {
-		// Whoever may write to the socket may connect: its owner only.
-		if err := os.Chmod(addr, 0o600); err != nil {
-			ln.Close()
-			return nil, fmt.Errorf("make %s private: %w", addr, err)
-		}
+	// Whoever may write to the socket may connect: its owner only.
+	if err := os.Chmod(addr, 0o600); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("make %s private: %w", addr, err)
 	}
 	ul := ln.(*net.UnixListener)
 	ul.SetUnlinkOnClose(false)
