@@ -58,14 +58,12 @@ func Key(base spec.Base) string {
 type Cache struct {
 	Dir    string
 	Runner Runner
-	// Mode is mmdebstrap's --mode; "" picks by the effective user: root
-	// mode for root, unshare mode (user namespaces, the user's
-	// subordinate ids) for anyone else. Both make the same tarball.
-	Mode string
 }
 
-// DefaultMode is the mmdebstrap mode for this process's user.
-func DefaultMode() string {
+// mode is mmdebstrap's --mode for this process's user: root mode for
+// root, unshare mode (a user namespace, the user's subordinate ids) for
+// anyone else. Both make the same tarball (TestRootlessSameTree).
+func mode() string {
 	if os.Geteuid() == 0 {
 		return "root"
 	}
@@ -91,12 +89,9 @@ func (c Cache) Ensure(ctx context.Context, base spec.Base) (path string, cached 
 	}
 	tmp := filepath.Join(c.Dir, fmt.Sprintf(".%s.tmp-%d.tar.zst", Key(base), os.Getpid()))
 	defer os.Remove(tmp)
-	mode := c.Mode
-	if mode == "" {
-		mode = DefaultMode()
-	}
-	if _, err := c.Runner.Run(ctx, "mmdebstrap", Args(base, mode, tmp)...); err != nil {
-		return "", false, fmt.Errorf("make root filesystem (%s, %s, mmdebstrap %s mode): %w", base.Suite, strings.Join(base.Packages, " "), mode, err)
+	m := mode()
+	if _, err := c.Runner.Run(ctx, "mmdebstrap", Args(base, m, tmp)...); err != nil {
+		return "", false, fmt.Errorf("make root filesystem (%s, %s, mmdebstrap %s mode): %w", base.Suite, strings.Join(base.Packages, " "), m, err)
 	}
 	if err := disk.Private(tmp); err != nil {
 		return "", false, err
