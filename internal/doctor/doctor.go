@@ -135,12 +135,6 @@ func openRW(path string) error {
 	return f.Close()
 }
 
-// LookPath finds a program in PATH, then in /usr/sbin and /sbin: a
-// user's PATH on Debian lacks them, and mke2fs and ldconfig live there.
-func LookPath(name string) (string, error) {
-	return command.LookPath(name)
-}
-
 // Disk space thresholds for Dir.
 const (
 	WarnBelow = 10 << 30
@@ -186,7 +180,7 @@ func Run(ctx context.Context, opts Options) Report {
 	}
 	if opts.NeedBuild && opts.GOOS == "linux" {
 		r.Checks = append(r.Checks, rootlessChecks(opts)...)
-		r.Checks = append(r.Checks, mke2fsChecks(ctx, opts, false)...)
+		r.Checks = append(r.Checks, mke2fsChecks(ctx, opts)...)
 	}
 
 	if opts.NeedBuild && opts.GOOS == "linux" && opts.GuestArch != opts.HostArch {

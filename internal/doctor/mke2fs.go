@@ -16,25 +16,14 @@ const Mke2fsMin = "1.47.1"
 // libarchiveSO is the library mke2fs loads (dlopen) to read a tarball.
 const libarchiveSO = "libarchive.so.13"
 
-// Mke2fs checks that mke2fs can make the disk straight from the root
-// tarball (mke2fs -d TARBALL), for root and users alike: mke2fs
-// Mke2fsMin or newer, and libarchive. The disk step calls it first:
-//
-//	if err := doctor.Mke2fs(ctx, doctor.Options{}).Err(); err != nil { ... }
-func Mke2fs(ctx context.Context, opts Options) Report {
-	opts = opts.withDefaults()
-	return Report{GOOS: opts.GOOS, sudo: opts.sudo(), Checks: mke2fsChecks(ctx, opts, true)}
-}
-
-// mke2fsChecks checks mke2fs's version and libarchive. A missing mke2fs
-// is reported only when missing is set: Run's mkfs.ext4 check (the same
-// package) says it already.
-func mke2fsChecks(ctx context.Context, opts Options, missing bool) []Check {
+// mke2fsChecks check that mke2fs can make the disk straight from the
+// root tarball (mke2fs -d TARBALL), for root and users alike: mke2fs
+// Mke2fsMin or newer, and libarchive. A missing mke2fs is Run's mkfs.ext4
+// check (the same package).
+func mke2fsChecks(ctx context.Context, opts Options) []Check {
 	var cs []Check
 	if p, err := command.LookSbin(opts.LookPath, "mke2fs"); err == nil {
 		cs = append(cs, mke2fsVersionCheck(ctx, opts, p))
-	} else if missing {
-		cs = append(cs, lookTool(opts, tool{name: "mke2fs", debPkg: "e2fsprogs", why: "makes the root filesystem"}))
 	}
 	return append(cs, libarchiveCheck(ctx, opts))
 }

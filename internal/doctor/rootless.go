@@ -1,7 +1,6 @@
 package doctor
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -34,18 +33,10 @@ func CurrentAccount() Account {
 	return a
 }
 
-// Rootless checks what a build by a user other than root needs to make
+// rootlessChecks are what a build by a user other than root needs to make
 // its tree with mmdebstrap --mode=unshare: unprivileged user namespaces,
 // newuidmap and newgidmap able to map ids, and the user's subordinate id
-// ranges. For root (and off Linux) the report has no checks. A build
-// calls it before it makes a tree:
-//
-//	if err := doctor.Rootless(ctx, doctor.Options{}).Err(); err != nil { ... }
-func Rootless(_ context.Context, opts Options) Report {
-	opts = opts.withDefaults()
-	return Report{GOOS: opts.GOOS, sudo: opts.sudo(), Checks: rootlessChecks(opts)}
-}
-
+// ranges. Root (and anything off Linux) needs none of them.
 func rootlessChecks(opts Options) []Check {
 	if opts.GOOS != "linux" || opts.Account.UID == 0 {
 		return nil
@@ -214,23 +205,23 @@ func subidStart(files ...[]subRange) uint64 {
 	return start
 }
 
-// subidProblem says what is wrong with name's ranges in one file: "" when
-// its first range is large enough; old is that range when too small.
-func subidProblem(file string, rs []subRange, name string, uid int) (problem string, old *subRange) {
+// subidRange finds name's first range in one file (mmdebstrap's choice)
+// and says what is wrong with it: problem is "" when it is large enough.
+func subidRange(file string, rs []subRange, name string, uid int) (r *subRange, problem string) {
 	byUID := false
-	for _, r := range rs {
-		if r.owner == name {
-			if r.count < SubidCount {
-				return fmt.Sprintf("%s: %s's first range %s has %d ids, under %d", file, name, r, r.count, SubidCount), &r
+	for i := range rs {
+		if rs[i].owner == name {
+			if rs[i].count < SubidCount {
+				return &rs[i], fmt.Sprintf("%s: %s's first range %s has %d ids, under %d", file, name, rs[i], rs[i].count, SubidCount)
 			}
-			return "", nil
+			return &rs[i], ""
 		}
-		byUID = byUID || r.owner == strconv.Itoa(uid)
+		byUID = byUID || rs[i].owner == strconv.Itoa(uid)
 	}
 	if byUID {
-		return fmt.Sprintf("%s has a range for uid %d but none for %s (mmdebstrap looks ranges up by name)", file, uid, name), nil
+		return nil, fmt.Sprintf("%s has a range for uid %d but none for %s (mmdebstrap looks ranges up by name)", file, uid, name)
 	}
-	return fmt.Sprintf("%s has no range for %s", file, name), nil
+	return nil, fmt.Sprintf("%s has no range for %s", file, name)
 }
 
 func subidCheck(opts Options) Check {
@@ -257,14 +248,14 @@ func subidCheck(opts Options) Check {
 	var have []string
 	for _, f := range strings.Fields(subidFiles) {
 		flag := strings.TrimPrefix(f, "/etc/sub") + "s" // uids, gids
-		problem, old := subidProblem(f, files[f], a.Name, a.UID)
+		r, problem := subidRange(f, files[f], a.Name, a.UID)
 		if problem == "" {
-			have = append(have, flag+" "+firstRange(files[f], a.Name))
+			have = append(have, flag+" "+r.String())
 			continue
 		}
 		problems = append(problems, problem)
-		if old != nil {
-			fix += " --del-sub" + flag + " " + old.String()
+		if r != nil {
+			fix += " --del-sub" + flag + " " + r.String()
 		}
 		fix += " --add-sub" + flag + " " + add.String()
 	}
@@ -276,13 +267,4 @@ func subidCheck(opts Options) Check {
 	c.Detail = strings.Join(problems, "; ") + fmt.Sprintf(" (a build's user namespace maps %d ids onto them)", SubidCount)
 	c.Fix = fix + " " + a.Name
 	return c
-}
-
-func firstRange(rs []subRange, name string) string {
-	for _, r := range rs {
-		if r.owner == name {
-			return r.String()
-		}
-	}
-	return ""
 }

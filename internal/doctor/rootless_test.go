@@ -31,6 +31,15 @@ func merge(files ...map[string]string) map[string]string {
 	return m
 }
 
+// checkNames are cs's names, space-separated.
+func checkNames(cs []Check) string {
+	var n []string
+	for _, c := range cs {
+		n = append(n, c.Name)
+	}
+	return strings.Join(n, " ")
+}
+
 // check finds the check named name, failing the test when there is none.
 func check(t *testing.T, r Report, name string) Check {
 	t.Helper()
@@ -105,7 +114,7 @@ func TestIDMap(t *testing.T) {
 		{"stat fails", []string{"newuidmap", "newgidmap"}, "", errors.New("stat /usr/bin/newuidmap: permission denied"), false, "permission denied", "", "", "newuidmap newgidmap"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			r := Rootless(context.Background(), fakeHost(Options{
+			r := rootlessReport(fakeHost(Options{
 				Account: alice, GOOS: "linux", ReadFile: fakeFiles(merge(debianSysctls, subids("alice:100000:65536"))),
 				LookPath:  fakeLookPath(tc.have...),
 				Privilege: func(string) (string, error) { return tc.how, tc.err },
@@ -117,11 +126,7 @@ func TestIDMap(t *testing.T) {
 			if got := r.FixCommand(); got != tc.fixCmd {
 				t.Errorf("FixCommand = %q, want %q", got, tc.fixCmd)
 			}
-			var missing []string
-			for _, c := range r.Missing() {
-				missing = append(missing, c.Name)
-			}
-			if got := strings.Join(missing, " "); got != tc.missing {
+			if got := checkNames(r.Missing()); got != tc.missing {
 				t.Errorf("missing %q, want %q", got, tc.missing)
 			}
 		})
@@ -211,29 +216,22 @@ func TestParseSubids(t *testing.T) {
 // A user's build checks the rootless path and says sudo; root's does not
 // check it at all, nor does a Mac or a run without a build.
 func TestRootlessInRun(t *testing.T) {
-	names := func(r Report) string {
-		var s []string
-		for _, c := range r.Checks {
-			s = append(s, c.Name)
-		}
-		return strings.Join(s, " ")
-	}
 	healthy := fakeFiles(merge(debianSysctls, subids("alice:100000:65536")))
 	user := Run(context.Background(), fakeHost(Options{NeedBuild: true, GuestArch: "amd64", GOOS: "linux", Account: alice,
 		LookPath: fakeLookPath(append(all, "newuidmap", "newgidmap")...), ReadFile: healthy, Choose: kvmChoice}))
 	want := "qemu-system-x86_64 qemu-img zstd tar mmdebstrap mkfs.ext4 user namespaces newuidmap newgidmap subordinate ids mke2fs version libarchive accelerator"
-	if got := names(user); got != want || !user.OK() {
+	if got := checkNames(user.Checks); got != want || !user.OK() {
 		t.Errorf("a user's checks %q (ok %v), want %q", got, user.OK(), want)
 	}
-	if r := Rootless(context.Background(), fakeHost(Options{GOOS: "linux"})); len(r.Checks) != 0 || r.Err() != nil {
+	if r := rootlessReport(fakeHost(Options{GOOS: "linux"})); len(r.Checks) != 0 || r.Err() != nil {
 		t.Errorf("root's rootless checks: %+v", r.Checks)
 	}
-	if r := Rootless(context.Background(), fakeHost(Options{GOOS: "darwin", Account: alice})); len(r.Checks) != 0 {
+	if r := rootlessReport(fakeHost(Options{GOOS: "darwin", Account: alice})); len(r.Checks) != 0 {
 		t.Errorf("a Mac's rootless checks: %+v", r.Checks)
 	}
 	run := Run(context.Background(), fakeHost(Options{GuestArch: "amd64", GOOS: "linux", Account: alice,
 		LookPath: fakeLookPath(all...), ReadFile: healthy, Choose: kvmChoice}))
-	if got := names(run); got != "qemu-system-x86_64 qemu-img accelerator" {
+	if got := checkNames(run.Checks); got != "qemu-system-x86_64 qemu-img accelerator" {
 		t.Errorf("checks without NeedBuild: %q", got)
 	}
 
@@ -283,4 +281,10 @@ func TestPrivilege(t *testing.T) {
 	if how, err := privilege(p); how != "setuid root" || err != nil {
 		t.Errorf("privilege(setuid root file) = %q, %v", how, err)
 	}
+}
+
+// rootlessReport is the rootless checks alone, as Run would report them.
+func rootlessReport(opts Options) Report {
+	opts = opts.withDefaults()
+	return Report{GOOS: opts.GOOS, sudo: opts.sudo(), Checks: rootlessChecks(opts)}
 }
