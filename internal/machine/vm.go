@@ -85,8 +85,10 @@ func Start(ctx context.Context, cfg Config) (*VM, error) {
 			return nil, err
 		}
 	}
-	agentAddr := cfg.AgentSocket
+	// Which setting moves a socket whose path is too long.
+	agentAddr, agentDir := cfg.AgentSocket, "EMU_HOME"
 	if agentAddr == "" {
+		agentDir = "TMPDIR"
 		dir, err := os.MkdirTemp("", "emu-agent-")
 		if err != nil {
 			return nil, fmt.Errorf("make agent channel directory: %w", err)
@@ -110,11 +112,11 @@ func Start(ctx context.Context, cfg Config) (*VM, error) {
 			f.Close()
 		}
 	}()
-	for _, addr := range []string{agentAddr, cfg.QMPSocket} {
-		if addr == "" {
+	for _, s := range []struct{ addr, dir string }{{agentAddr, agentDir}, {cfg.QMPSocket, "EMU_HOME"}} {
+		if s.addr == "" {
 			continue
 		}
-		f, err := listenFile(addr)
+		f, err := listenFile(s.addr, s.dir)
 		if err != nil {
 			return nil, err
 		}
@@ -190,10 +192,12 @@ func Connect(ctx context.Context, addr string) (*VM, error) {
 
 // listenFile makes a listening unix socket at the path addr, readable and
 // writable by its owner only, and returns it as a file for QEMU. The
-// socket outlives this process's copy (QEMU holds it).
-func listenFile(addr string) (*os.File, error) {
+// socket outlives this process's copy (QEMU holds it). dir names the
+// setting that chose the socket's directory, for the error of a path too
+// long.
+func listenFile(addr, dir string) (*os.File, error) {
 	if len(addr) > 100 {
-		return nil, fmt.Errorf("socket path %s is too long for a unix socket (%d bytes; set EMU_HOME to a shorter directory)", addr, len(addr))
+		return nil, fmt.Errorf("socket path %s is too long for a unix socket (%d bytes; set %s to a shorter directory)", addr, len(addr), dir)
 	}
 	_ = os.Remove(addr)
 	ln, err := net.Listen("unix", addr)
