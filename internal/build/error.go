@@ -1,6 +1,8 @@
 package build
 
 import (
+	"errors"
+
 	"github.com/emu-dev/emu/internal/machine"
 )
 
@@ -49,13 +51,17 @@ func (e *Error) Detail() string {
 }
 
 // HintText is what to do next, when known: the build's own hint, else the
-// guest's.
+// guest's, else that of the error behind it (a tool too old, say).
 func (e *Error) HintText() string {
 	if e.Hint != "" {
 		return e.Hint
 	}
 	if ge := e.Guest(); ge != nil {
 		return ge.Hint
+	}
+	var h interface{ HintText() string }
+	if errors.As(e.Err, &h) {
+		return h.HintText()
 	}
 	return ""
 }

@@ -146,7 +146,7 @@ func writeFrom(dst string, r io.Reader) error {
 func (b *builder) disk(ctx context.Context) (stageResult, error) {
 	raw := b.rawDisk()
 	root := filepath.Join(b.work, store.WorkRootTar)
-	if err := disk.MakeExt4(ctx, b.opts.Runner, root, raw, int64(b.opts.Stack.VM.Disk)); err != nil {
+	if err := disk.MakeExt4FromTar(ctx, b.opts.Runner, root, raw, int64(b.opts.Stack.VM.Disk)); err != nil {
 		return stageResult{}, err
 	}
 	// The tree is in the disk now; free its space before the guest boots.

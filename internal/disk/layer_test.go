@@ -4,12 +4,11 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -182,14 +181,7 @@ func TestResolveParent(t *testing.T) {
 func tarMke2fs(t *testing.T) {
 	t.Helper()
 	out, _ := exec.Command(tool(t, "mke2fs"), "-V").CombinedOutput()
-	m := regexp.MustCompile(`mke2fs (\d+)\.(\d+)\.(\d+)`).FindStringSubmatch(string(out))
-	var v [3]int
-	if m != nil {
-		for i := range v {
-			v[i], _ = strconv.Atoi(m[i+1])
-		}
-	}
-	if v[0]*1e6+v[1]*1e3+v[2] < 1047001 {
+	if v, _, err := ParseMke2fsVersion(string(out)); err != nil || !ReadsTar(v) {
 		if os.Getenv("CI") != "" {
 			t.Fatalf("mke2fs cannot read tar files (%q); scripts/install-deps installs e2fsprogs 1.47.1 or newer", strings.TrimSpace(string(out)))
 		}
@@ -197,9 +189,24 @@ func tarMke2fs(t *testing.T) {
 	}
 }
 
-// TestMakeExt4FromTar makes a disk from a composed tar stream, without
-// privileges beyond the test's, and reads back what came through:
-// owners, modes, the device node, the hard link, the layered files.
+// oldMke2fs is the host's runner, except that mkfs.ext4 -V answers as
+// mke2fs 1.47.0 (Debian 12's, which cannot read a tarball) does; it
+// records what ran.
+type oldMke2fs struct{ ran []string }
+
+func (o *oldMke2fs) Run(ctx context.Context, name string, args ...string) ([]byte, error) {
+	o.ran = append(o.ran, name+" "+strings.Join(args, " "))
+	if name == "mkfs.ext4" && len(args) == 1 && args[0] == "-V" {
+		return []byte("mke2fs 1.47.0 (5-Feb-2023)\n\tUsing EXT2FS Library version 1.47.0\n"), nil
+	}
+	return command.Exec{}.Run(ctx, name, args...)
+}
+
+// TestMakeExt4FromTar makes a disk from a composed tar stream and reads
+// back what came through: owners, modes, the device node, the hard link,
+// the layered files. With an mke2fs that reads the tarball, as anyone;
+// with one too old to (faked), root unpacks the tree first and gets the
+// same disk, and a user gets an error that says what to install.
 func TestMakeExt4FromTar(t *testing.T) {
 	tarMke2fs(t)
 	dir := t.TempDir()
@@ -212,12 +219,77 @@ func TestMakeExt4FromTar(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.Close()
-	raw := filepath.Join(dir, "disk.raw")
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	if err := MakeExt4(ctx, command.Exec{}, root, raw, 16<<20); err != nil {
-		t.Fatal(err)
+
+	t.Run("tarball", func(t *testing.T) {
+		raw := filepath.Join(t.TempDir(), "disk.raw")
+		if err := MakeExt4FromTar(ctx, command.Exec{}, root, raw, 16<<20); err != nil {
+			t.Fatal(err)
+		}
+		checkComposedDisk(ctx, t, raw)
+	})
+	t.Run("old mke2fs, root", func(t *testing.T) {
+		if os.Geteuid() != 0 {
+			t.Skip("only root unpacks the tree with its owners")
+		}
+		out := t.TempDir()
+		raw := filepath.Join(out, "disk.raw")
+		r := &oldMke2fs{}
+		if err := MakeExt4FromTar(ctx, r, root, raw, 16<<20); err != nil {
+			t.Fatal(err)
+		}
+		if ran := strings.Join(r.ran, "\n"); !strings.Contains(ran, "tar -x -f "+root) || strings.Contains(ran, "-d "+root) {
+			t.Errorf("the tree was not unpacked first:\n%s", ran)
+		}
+		checkComposedDisk(ctx, t, raw)
+		if left, _ := filepath.Glob(filepath.Join(out, ".tree-*")); len(left) != 0 {
+			t.Errorf("the unpacked tree is left: %v", left)
+		}
+	})
+	t.Run("old mke2fs, a user", func(t *testing.T) {
+		defer func(f func() int) { geteuid = f }(geteuid)
+		geteuid = func() int { return 1000 }
+		raw := filepath.Join(t.TempDir(), "disk.raw")
+		err := MakeExt4FromTar(ctx, &oldMke2fs{}, root, raw, 16<<20)
+		var me *Mke2fsError
+		if !errors.As(err, &me) || !strings.Contains(err.Error(), "mke2fs 1.47.0 cannot read the root tarball "+root) ||
+			!strings.Contains(me.HintText(), "install e2fsprogs 1.47.1 or newer") {
+			t.Fatalf("err = %v", err)
+		}
+		if _, err := os.Stat(raw); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("a disk was left: %v", err)
+		}
+	})
+}
+
+func TestParseMke2fsVersion(t *testing.T) {
+	for _, tc := range []struct {
+		out  string
+		want [3]int
+		text string
+		tar  bool
+	}{
+		{"mke2fs 1.47.0 (5-Feb-2023)\n\tUsing EXT2FS Library version 1.47.0\n", [3]int{1, 47, 0}, "1.47.0", false},
+		{"mke2fs 1.47.2 (1-Jan-2025)\n", [3]int{1, 47, 2}, "1.47.2", true},
+		{"mke2fs 1.46 (1-Jan-2020)\n", [3]int{1, 46, 0}, "1.46", false},
+		{"mke2fs 1.47.1-rc1 (1-Jan-2024)", [3]int{1, 47, 1}, "1.47.1", true},
+		{"warning: something\nmke2fs 1.48.0 (1-Jan-2026)", [3]int{1, 48, 0}, "1.48.0", true},
+		{"mke2fs 2.0 (1-Jan-2030)", [3]int{2, 0, 0}, "2.0", true},
+	} {
+		v, text, err := ParseMke2fsVersion(tc.out)
+		if err != nil || v != tc.want || text != tc.text || ReadsTar(v) != tc.tar {
+			t.Errorf("ParseMke2fsVersion(%q) = %v, %q, %v (reads tar: %v); want %v, %q (%v)", tc.out, v, text, err, ReadsTar(v), tc.want, tc.text, tc.tar)
+		}
 	}
+	if _, _, err := ParseMke2fsVersion("mkfs.ext4: invalid option -- 'V'\nusage..."); err == nil || !strings.Contains(err.Error(), "invalid option") {
+		t.Errorf("garbage: error %v", err)
+	}
+}
+
+// checkComposedDisk checks the disk made from Compose(baseTar, layerDir).
+func checkComposedDisk(ctx context.Context, t *testing.T, raw string) {
+	t.Helper()
 	if out, err := exec.CommandContext(ctx, tool(t, "e2fsck"), "-fn", raw).CombinedOutput(); err != nil {
 		t.Fatalf("e2fsck -fn: %v\n%s", err, out)
 	}

@@ -3,90 +3,63 @@ package doctor
 import (
 	"context"
 	"fmt"
-	"regexp"
-	"strconv"
 	"strings"
 
 	"github.com/emu-dev/emu/internal/command"
+	"github.com/emu-dev/emu/internal/disk"
 )
-
-// Mke2fsMin is the oldest mke2fs whose -d reads a tarball.
-const Mke2fsMin = "1.47.1"
 
 // libarchiveSO is the library mke2fs loads (dlopen) to read a tarball.
 const libarchiveSO = "libarchive.so.13"
 
 // mke2fsChecks check that mke2fs can make the disk straight from the
-// root tarball (mke2fs -d TARBALL), for root and users alike: mke2fs
-// Mke2fsMin or newer, and libarchive. A missing mke2fs is Run's mkfs.ext4
-// check (the same package).
+// root tarball (mke2fs -d TARBALL): mke2fs disk.Mke2fsTarMin or newer,
+// and libarchive. Root can do without both (disk.MakeExt4FromTar unpacks
+// the tree first): for root an older mke2fs is a warning. A missing mke2fs
+// is Run's mkfs.ext4 check (the same package).
 func mke2fsChecks(ctx context.Context, opts Options) []Check {
-	var cs []Check
-	if p, err := command.LookSbin(opts.LookPath, "mke2fs"); err == nil {
-		cs = append(cs, mke2fsVersionCheck(ctx, opts, p))
+	p, err := command.LookSbin(opts.LookPath, "mke2fs")
+	if err != nil {
+		return []Check{libarchiveCheck(ctx, opts)}
 	}
-	return append(cs, libarchiveCheck(ctx, opts))
+	c, readsTar := mke2fsVersionCheck(ctx, opts, p)
+	if !readsTar && opts.Account.UID == 0 {
+		return []Check{c}
+	}
+	return []Check{c, libarchiveCheck(ctx, opts)}
 }
 
-func mke2fsVersionCheck(ctx context.Context, opts Options, path string) Check {
+// mke2fsVersionCheck also says whether this mke2fs reads a tarball (true
+// when its version is unknown: mke2fs then has its say).
+func mke2fsVersionCheck(ctx context.Context, opts Options, path string) (Check, bool) {
 	c := Check{Name: "mke2fs version"}
 	out, err := opts.Command(ctx, path, "-V")
-	v, text, perr := parseMke2fsVersion(string(out))
+	v, text, perr := disk.ParseMke2fsVersion(string(out))
 	switch {
 	case perr != nil && err != nil:
 		c.Detail = fmt.Sprintf("%s -V: %v", path, err)
-		return c
+		return c, true
 	case perr != nil:
 		c.Detail = perr.Error()
-		return c
+		return c, true
 	}
-	if !versionBefore(v, mustVersion(Mke2fsMin)) {
+	if disk.ReadsTar(v) {
 		c.OK, c.Detail = true, text+" (makes the disk from the root tarball)"
-		return c
+		return c, true
 	}
-	c.Detail = text + " is older than " + Mke2fsMin + ": its -d does not read the root tarball"
+	c.Detail = text + " is older than " + disk.Mke2fsTarMin + ": its -d does not read the root tarball"
+	if opts.Account.UID == 0 {
+		c.OK, c.Warn = true, true
+		c.Detail += "; root builds unpack the tree first (slower), and other users cannot build"
+	}
 	if codename(opts) == "bookworm" {
 		c.Fix = opts.sudo() + "apt-get install -t bookworm-backports e2fsprogs libarchive13 " +
 			"(bookworm-backports must be among apt's sources: echo 'deb http://deb.debian.org/debian bookworm-backports main' | " +
 			opts.sudo() + "tee /etc/apt/sources.list.d/backports.list; " + opts.sudo() + "apt-get update)"
 	} else {
-		c.Fix = "install e2fsprogs " + Mke2fsMin + " or newer (Debian 13 has 1.47.2) and libarchive (" + libarchiveSO + ")"
+		c.Fix = "install e2fsprogs " + disk.Mke2fsTarMin + " or newer (Debian 13 has 1.47.2) and libarchive (" + libarchiveSO + ")"
 	}
-	return c
-}
-
-var mke2fsVersionRE = regexp.MustCompile(`(?m)^mke2fs (\d+)\.(\d+)(?:\.(\d+))?`)
-
-// parseMke2fsVersion reads "mke2fs 1.47.0 (5-Feb-2023)", mke2fs -V's
-// first line, into [1 47 0] and "1.47.0".
-func parseMke2fsVersion(out string) ([3]int, string, error) {
-	m := mke2fsVersionRE.FindStringSubmatch(out)
-	if m == nil {
-		first, _, _ := strings.Cut(strings.TrimSpace(out), "\n")
-		return [3]int{}, "", fmt.Errorf("mke2fs -V: no version in %q", first)
-	}
-	var v [3]int
-	for i, s := range m[1:] {
-		v[i], _ = strconv.Atoi(s) // digits, or "" for a missing patch level
-	}
-	return v, strings.TrimPrefix(m[0], "mke2fs "), nil
-}
-
-func mustVersion(s string) [3]int {
-	v, _, err := parseMke2fsVersion("mke2fs " + s)
-	if err != nil {
-		panic(err)
-	}
-	return v
-}
-
-func versionBefore(a, b [3]int) bool {
-	for i := range a {
-		if a[i] != b[i] {
-			return a[i] < b[i]
-		}
-	}
-	return false
+	return c, false
 }
 
 // libDirs are where the dynamic linker finds libraries on Debian and
