@@ -251,4 +251,23 @@ func TestHostArchTarget(t *testing.T) {
 	if errb.Len() != 0 {
 		t.Errorf("said %q running a native image", errb.String())
 	}
+
+	// up NAME: the same choice, from the stored image's manifest.
+	os.MkdirAll(own.bundle, 0o755)
+	os.WriteFile(filepath.Join(own.bundle, store.BundleManifest), []byte(`{"name":"two","arch":"`+other+`"}`), 0o644)
+	named := target{name: "two", bundle: own.bundle}
+	if got := hostArchNamed(e, home, named); got.bundle != native || got.name != "two" || errb.Len() != 0 {
+		t.Errorf("up two with two.%s stored: %+v, said %q", runtime.GOARCH, got, errb.String())
+	}
+	// A bundle named by its path runs as it is.
+	byPath := target{name: "two", bundle: filepath.Join(t.TempDir(), "two")}
+	os.MkdirAll(byPath.bundle, 0o755)
+	os.WriteFile(filepath.Join(byPath.bundle, store.BundleManifest), []byte(`{"name":"two","arch":"`+other+`"}`), 0o644)
+	if got := hostArchNamed(e, home, byPath); got.bundle != byPath.bundle {
+		t.Errorf("a bundle by path: %+v", got)
+	}
+	os.RemoveAll(native)
+	if got := hostArchNamed(e, home, named); got.bundle != own.bundle || !strings.Contains(errb.String(), "runs emulated") {
+		t.Errorf("no native image: %+v, said %q", got, errb.String())
+	}
 }

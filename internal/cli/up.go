@@ -60,6 +60,8 @@ func runUp(ctx context.Context, e *env, args []string) error {
 		if t, err = hostArchTarget(e, home, t); err != nil {
 			return err
 		}
+	} else {
+		t = hostArchNamed(e, home, t)
 	}
 	env := map[string]string{}
 	for _, kv := range envFlags {
@@ -213,9 +215,35 @@ func hostArchTarget(e *env, home store.Home, t target) (target, error) {
 		t.stack, t.bundle = st, dir
 		return t, nil
 	}
-	fmt.Fprintf(e.stderr, "%s: the stack's image is for %s and this host is %s: it runs emulated (TCG, several times slower); "+
-		"emu build --arch %s makes a native image\n", t.name, own, host, host)
+	emulated(e, t.name, own, host)
 	return t, nil
+}
+
+// hostArchNamed: up NAME, where the store's image NAME is for another
+// architecture, runs NAME.ARCH, the same stack's image for this host, when
+// the store has it, as up from the stack file does; else NAME, emulated,
+// and says so. A bundle named by its path runs as it is.
+func hostArchNamed(e *env, home store.Home, t target) target {
+	if filepath.Dir(t.bundle) != home.Images() {
+		return t
+	}
+	man, err := bundle.Read(t.bundle)
+	host := runtime.GOARCH
+	if err != nil || man.Arch == "" || man.Arch == host {
+		return t
+	}
+	dir := filepath.Join(home.Images(), store.BundleName(man.Name, host, man.Arch))
+	if m, err := bundle.Read(dir); err == nil && m.Arch == host {
+		t.bundle = dir
+		return t
+	}
+	emulated(e, t.name, man.Arch, host)
+	return t
+}
+
+func emulated(e *env, name, own, host string) {
+	fmt.Fprintf(e.stderr, "%s: the stack's image is for %s and this host is %s: it runs emulated (TCG, several times slower); "+
+		"emu build --arch %s makes a native image\n", name, own, host, host)
 }
 
 // planPorts applies EMU_PORT_* and --port to the image's ports.
