@@ -1,8 +1,6 @@
 package build
 
 import (
-	"errors"
-
 	"github.com/emu-dev/emu/internal/machine"
 )
 
@@ -50,18 +48,6 @@ func (e *Error) Detail() string {
 	return machine.DetailWith(e.Guest(), e.Logs, extra)
 }
 
-// HintText is what to do next, when known: the build's own hint, else the
-// guest's, else that of the error behind it (a tool too old, say).
-func (e *Error) HintText() string {
-	if e.Hint != "" {
-		return e.Hint
-	}
-	if ge := e.Guest(); ge != nil {
-		return ge.Hint
-	}
-	var h interface{ HintText() string }
-	if errors.As(e.Err, &h) {
-		return h.HintText()
-	}
-	return ""
-}
+// HintText is the build's own hint, when it has one; the CLI otherwise
+// shows the hint of the error behind it (the guest's, a tool's).
+func (e *Error) HintText() string { return e.Hint }

@@ -148,9 +148,8 @@ func (e *env) render(err error) int {
 			fmt.Fprint(e.stderr, s)
 		}
 	}
-	var h hinted
-	if errors.As(err, &h) && h.HintText() != "" {
-		fmt.Fprintf(e.stderr, "hint: %s\n", h.HintText())
+	if h := hintOf(err); h != "" {
+		fmt.Fprintf(e.stderr, "hint: %s\n", h)
 	}
 	var u usageError
 	switch {
@@ -160,6 +159,31 @@ func (e *env) render(err error) int {
 		return ExitInterrupted
 	}
 	return ExitFailure
+}
+
+// hintOf is the first hint in err's chain, outermost first: an error
+// with no hint of its own (a build's, when the tool it ran had one) lets
+// the one it wraps speak.
+func hintOf(err error) string {
+	for err != nil {
+		if h, ok := err.(hinted); ok && h.HintText() != "" {
+			return h.HintText()
+		}
+		switch u := err.(type) {
+		case interface{ Unwrap() error }:
+			err = u.Unwrap()
+		case interface{ Unwrap() []error }:
+			for _, e := range u.Unwrap() {
+				if h := hintOf(e); h != "" {
+					return h
+				}
+			}
+			return ""
+		default:
+			return ""
+		}
+	}
+	return ""
 }
 
 // withHint attaches a hint to err.
