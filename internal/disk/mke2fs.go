@@ -74,7 +74,8 @@ func MakeExt4FromTar(ctx context.Context, r Runner, src, out string, size int64)
 	vout, _ := r.Run(ctx, "mkfs.ext4", "-V")
 	v, text, err := ParseMke2fsVersion(string(vout))
 	if err != nil || ReadsTar(v) {
-		// A version emu cannot read: let mke2fs try, its error says why.
+		// New enough, or a version emu cannot read: let mke2fs try (its
+		// error says why it cannot).
 		return MakeExt4(ctx, r, src, out, size)
 	}
 	if geteuid() != 0 {
